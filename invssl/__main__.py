@@ -1,0 +1,3 @@
+from invssl.cli import main
+
+main()
