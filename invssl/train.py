@@ -1,0 +1,301 @@
+"""Training one job: labeled + unlabeled batches, ``ssl_loss``, Adam, per-epoch evaluation.
+
+The trainer knows nothing of databases: it reports each finished epoch (metrics and a
+checkpoint) through a callback and can be asked to stop between steps. Every random choice
+(labeled split, initialisation, batch order, dropout) flows from the job's seed, and the
+checkpoint carries all of that state, so a resumed job continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from invssl import data as datasets
+from invssl import models
+from invssl.config import JobConfig
+from invssl.errors import JobError
+from invssl.inversion import distance_per_input, reconstruct, ssl_loss
+from invssl.schedules import make_schedule
+
+EVAL_BATCH = 1000
+# Reconstruction error is reported on this many test inputs: enough for a stable mean, and it
+# keeps the per-epoch evaluation cheap next to the epoch itself.
+RECON_EVAL = 1000
+# Loss values are checked for NaN/inf every this many steps; each check synchronises the device.
+CHECK_EVERY = 50
+LOSS_TERMS = ("loss", "ce", "recon", "entropy")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA if present, else Apple MPS, else CPU."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise JobError(f"unknown device {name!r}: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise JobError(f"device {name!r} requested but CUDA is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class Prepared:
+    """A job's tensors on its device, split as the job's seed says."""
+
+    x_lab: Tensor  # (N_L, *S)
+    y_lab: Tensor  # (N_L,)
+    x_unl: Tensor  # (N_U, *S)
+    x_val: Tensor  # (N_V, *S)
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    groups_test: Optional[Tensor]
+    split: datasets.Split
+    info: datasets.DatasetInfo
+
+
+@lru_cache(maxsize=2)
+def _load_dataset(name: str, root: Optional[str], download: bool, params: str) -> datasets.Dataset:
+    # Jobs of one sweep share their dataset: load it once per process.
+    return datasets.load(name, root=root, download=download, **json.loads(params))
+
+
+def prepare(config: JobConfig, device: torch.device) -> Prepared:
+    ds = _load_dataset(config.dataset, config.data_root, config.download,
+                       json.dumps(config.data_params, sort_keys=True))
+    split = datasets.make_split(ds.y_train.numpy(), config.n_labeled, config.seed,
+                                n_val=config.val_size,
+                                groups=None if ds.groups_train is None else ds.groups_train.numpy())
+
+    def take(t: Tensor, idx: Any) -> Tensor:
+        return t[torch.as_tensor(idx, dtype=torch.long)].to(device)
+
+    return Prepared(
+        x_lab=take(ds.x_train, split.labeled), y_lab=take(ds.y_train, split.labeled),
+        x_unl=take(ds.x_train, split.unlabeled),
+        x_val=take(ds.x_train, split.validation), y_val=take(ds.y_train, split.validation),
+        x_test=ds.x_test.to(device), y_test=ds.y_test.to(device),
+        groups_test=ds.groups_test, split=split, info=ds.info,
+    )
+
+
+def steps_per_epoch(config: JobConfig, n_unlabeled: int) -> int:
+    """An epoch is one pass over the unlabeled set (over the labeled set when there is none)."""
+    if config.steps_per_epoch:
+        return config.steps_per_epoch
+    if n_unlabeled and config.batch_unlabeled:
+        return math.ceil(n_unlabeled / config.batch_unlabeled)
+    return math.ceil(config.n_labeled / config.batch_labeled)
+
+
+def _index_stream(n: int, total: int, gen: torch.Generator) -> Tensor:
+    """``total`` indices into range(n): whole random permutations back to back."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    reps = math.ceil(total / n)
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:total]
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    return torch.cat([model(x[i:i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
+
+
+def evaluate(model: nn.Module, prep: Prepared, distance: str, autocast: Any) -> dict[str, float]:
+    """Validation and test accuracy, and the reconstruction error on test inputs."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    with autocast():
+        for name, x, y in (("val_acc", prep.x_val, prep.y_val), ("test_acc", prep.x_test, prep.y_test)):
+            if len(x):
+                logits = _predict(model, x)
+                out[name] = (logits.argmax(1) == y).float().mean().item()
+                if name == "test_acc" and prep.groups_test is not None:
+                    out["test_acc_recording"] = datasets.per_group_accuracy(
+                        logits.cpu(), y.cpu(), prep.groups_test)
+        errs = []
+        x = prep.x_test[:RECON_EVAL]
+        for i in range(0, len(x), EVAL_BATCH // 4):
+            chunk = x[i:i + EVAL_BATCH // 4]
+            with torch.no_grad():
+                _, x_hat = reconstruct(model, chunk)
+            errs.append(distance_per_input(chunk.float(), x_hat.float(), distance))  # type: ignore[arg-type]
+        if errs:
+            out["recon_err"] = torch.cat(errs).mean().item()
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based: the number of epochs finished
+    metrics: dict[str, float]
+    checkpoint: bytes
+
+
+class _State:
+    """Everything a checkpoint must carry to continue the job bit for bit."""
+
+    def __init__(self, config: JobConfig, model: nn.Module, device: torch.device, n_steps: int) -> None:
+        self.model = model
+        self.opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+        total = n_steps * config.epochs
+        decay = (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) \
+            if config.lr_decay == "cosine" else (lambda s: 1.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, decay)
+        self.gen = torch.Generator().manual_seed(config.seed + 1)
+        self.epoch = 0  # epochs finished
+        self.step = 0  # steps finished within the current epoch
+        self.lab_order = torch.zeros(0, dtype=torch.long)
+        self.unl_order = torch.zeros(0, dtype=torch.long)
+        self.sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)
+        self.seconds = 0.0  # training wall time of the current epoch before an interruption
+
+    def to_bytes(self) -> bytes:
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()  # type: ignore[assignment]
+        blob = {
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(), "gen": self.gen.get_state(), "rng": rng,
+            "epoch": self.epoch, "step": self.step, "lab_order": self.lab_order,
+            "unl_order": self.unl_order, "sums": self.sums.cpu(), "seconds": self.seconds,
+        }
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        return buf.getvalue()
+
+    def load(self, raw: bytes, device: torch.device) -> None:
+        blob = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
+        self.model.load_state_dict(blob["model"])
+        self.opt.load_state_dict(blob["opt"])
+        self.sched.load_state_dict(blob["sched"])
+        self.gen.set_state(blob["gen"].cpu())
+        torch.set_rng_state(blob["rng"]["cpu"].cpu())
+        if "cuda" in blob["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in blob["rng"]["cuda"]])
+        self.epoch, self.step = int(blob["epoch"]), int(blob["step"])
+        self.lab_order, self.unl_order = blob["lab_order"].cpu(), blob["unl_order"].cpu()
+        self.sums = blob["sums"].to(device)
+        self.seconds = float(blob["seconds"])
+
+
+def load_model(config: JobConfig, checkpoint: bytes, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained network stored in a checkpoint, in eval mode."""
+    info = datasets.info(config.dataset, root=config.data_root, **config.data_params)
+    model = models.build(config.topology, info.input_shape, info.num_classes)
+    blob = torch.load(io.BytesIO(checkpoint), map_location=device, weights_only=True)
+    model.load_state_dict(blob["model"])
+    return model.to(device).eval()
+
+
+OnEpoch = Callable[[EpochReport], None]
+OnStep = Callable[[int, int], None]
+
+
+def train(
+    config: JobConfig,
+    *,
+    device: str | torch.device | None = None,
+    checkpoint: Optional[bytes] = None,
+    on_epoch: Optional[OnEpoch] = None,
+    on_step: Optional[OnStep] = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_prepared: Optional[Callable[[Prepared], None]] = None,
+) -> tuple[dict[str, float], Optional[bytes]]:
+    """Train ``config`` from scratch or from ``checkpoint``.
+
+    Returns ``(final metrics, None)`` when every epoch ran, or ``(metrics so far, checkpoint)``
+    when ``should_stop()`` turned true between two steps: the checkpoint then holds the
+    epoch in progress, so nothing is recomputed on resume.
+    """
+    dev = resolve_device(device or config.device) if not isinstance(device, torch.device) else device
+    torch.manual_seed(config.seed)
+    prep = prepare(config, dev)
+    if on_prepared:
+        on_prepared(prep)
+    model = models.build(config.topology, prep.info.input_shape, prep.info.num_classes).to(dev)
+    n_steps = steps_per_epoch(config, len(prep.x_unl))
+    state = _State(config, model, dev, n_steps)
+    if checkpoint is not None:
+        state.load(checkpoint, dev)
+    alpha_t, beta_t = make_schedule(config.alpha), make_schedule(config.beta)
+    use_bf16 = config.precision == "bf16" and dev.type == "cuda"
+
+    def autocast() -> Any:
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    bl = min(config.batch_labeled, len(prep.x_lab))
+    bu = config.batch_unlabeled
+    last: dict[str, float] = {}
+    model.train()
+    while state.epoch < config.epochs:
+        if state.step == 0:
+            state.lab_order = _index_stream(len(prep.x_lab), n_steps * bl, state.gen)
+            state.unl_order = _index_stream(len(prep.x_unl), n_steps * bu, state.gen)
+            state.sums.zero_()
+            state.seconds = 0.0
+        started = time.perf_counter()
+        history = []
+        while state.step < n_steps:
+            if should_stop():
+                state.seconds += time.perf_counter() - started
+                return last, state.to_bytes()
+            s = state.step
+            t = state.epoch + (s / n_steps if config.schedule_per == "step" else 0.0)
+            alpha, beta = alpha_t(t), beta_t(t)
+            li = state.lab_order[s * bl:(s + 1) * bl].to(dev)
+            ui = state.unl_order[s * bu:(s + 1) * bu].to(dev)
+            with autocast():
+                terms = ssl_loss(model, prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui],
+                                 alpha=alpha, beta=beta, layer_weights=config.layer_weights,
+                                 distance=config.distance, weighting=config.weighting)
+            state.opt.zero_grad(set_to_none=True)
+            terms.total.backward()
+            state.opt.step()
+            state.sched.step()
+            values = torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
+            history.append(values)
+            state.sums += values
+            state.step += 1
+            if len(history) == CHECK_EVERY or state.step == n_steps:
+                _check_finite(history, state.epoch + 1, state.step - len(history) + 1)
+                history = []
+            if on_step:
+                on_step(state.step, n_steps)
+        seconds = state.seconds + time.perf_counter() - started
+        means = (state.sums / n_steps).tolist()
+        last = {name: v for name, v in zip(LOSS_TERMS, means)}
+        last.update(evaluate(model, prep, config.distance, autocast))
+        last["lr"] = state.opt.param_groups[0]["lr"]
+        last["wall_s"] = seconds
+        state.epoch += 1
+        state.step = 0
+        if on_epoch:
+            on_epoch(EpochReport(state.epoch, dict(last), state.to_bytes()))
+    return last, None
+
+
+def _check_finite(history: list[Tensor], epoch: int, first_step: int) -> None:
+    losses = torch.stack(history)[:, 0]
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        step = first_step + int(bad[0, 0])
+        value = losses[int(bad[0, 0])].item()
+        raise JobError(f"loss became {value} at epoch {epoch}, step {step}")
