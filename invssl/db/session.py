@@ -1,0 +1,305 @@
+"""Opening the results database: URLs, engines, and keeping the schema at this version's head.
+
+SQLite serves one machine (every write transaction starts with ``BEGIN IMMEDIATE`` so that
+concurrent workers queue on the busy timeout instead of failing with "database is locked");
+several machines need PostgreSQL, where schema upgrades run under an advisory lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Optional
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from invssl.db.models import Base
+from invssl.errors import DatabaseError
+
+DEFAULT_URL = "sqlite:///invssl.db"
+VERSION_TABLE = "invssl_alembic_version"
+# Execution option: a transaction that only reads may start deferred on SQLite, so that
+# `invssl status` does not queue behind the workers' write lock.
+READONLY = "invssl_readonly"
+BUSY_TIMEOUT_S = 30.0
+# Any constant works as long as every invssl process uses the same one; this is "invs" in ASCII.
+_SCHEMA_LOCK_KEY = 0x696E7673
+# File systems whose locking SQLite cannot rely on.
+NETWORK_FS_TYPES = frozenset({
+    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "ceph", "glusterfs", "lustre",
+    "gpfs", "beegfs", "ocfs2", "gfs2", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs",
+    "fuse.rclone", "fuse.gcsfuse",
+})
+
+
+# ------------------------------------------------------------------------------------- URLs
+def resolve_url(url: Optional[str] = None) -> str:
+    """The database URL: ``url``, else ``$INVSSL_DB``, else ``sqlite:///invssl.db``.
+
+    A bare file path means a SQLite file; ``postgresql://`` means the psycopg 3 driver, the one
+    invssl installs (SQLAlchemy would otherwise look for psycopg2).
+    """
+    raw = url or os.environ.get("INVSSL_DB") or DEFAULT_URL
+    if "://" not in raw:
+        return URL.create("sqlite", database=str(Path(raw).expanduser())).render_as_string(
+            hide_password=False)
+    parsed = _parse(raw)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: the only form invssl ever prints."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not parseable, so the password cannot be located exactly: hide all user info.
+        return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"not a database URL: {mask_url(url)}") from None
+
+
+# ------------------------------------------------------------------- network file systems
+def _unescape_mount_field(field: str) -> str:
+    # /proc/mounts writes space, tab, newline and backslash in paths as octal escapes.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def network_fs_type(path: str, mounts: str) -> Optional[str]:
+    """The network file system type ``path`` lives on, per a /proc/mounts text; else None."""
+    best, best_type = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point, fs_type = _unescape_mount_field(fields[1]), fields[2]
+        prefix = mount_point.rstrip("/") + "/"
+        if (path == mount_point or path.startswith(prefix)) and len(mount_point) >= len(best):
+            best, best_type = mount_point, fs_type
+    return best_type if best_type in NETWORK_FS_TYPES else None
+
+
+def _refuse_network_fs(database: Optional[str]) -> None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        mounts = Path("/proc/mounts").read_text()
+    except OSError:  # not Linux: nothing to check against
+        return
+    path = str(Path(database).expanduser().resolve())
+    fs_type = network_fs_type(path, mounts)
+    if fs_type:
+        raise DatabaseError(
+            f"the SQLite file {path} is on a network file system ({fs_type}), where its locking "
+            "is unreliable; workers on several machines need PostgreSQL "
+            "(--db postgresql+psycopg://user@host/db)")
+
+
+# ---------------------------------------------------------------------------- engines
+def _sqlite_events(engine: Engine, *, foreign_keys: bool) -> None:
+    # pysqlite's own transaction handling would BEGIN (deferred) lazily and let two writers
+    # deadlock into "database is locked"; take over BEGIN as the SQLAlchemy docs describe.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # WAL makes NORMAL durable against application crashes; only power loss can drop the
+        # latest commits, which a resumed job recomputes.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READONLY)
+                             else "BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, *, migrating: bool = False) -> Engine:
+    """An engine with invssl's connection settings, without looking at the schema.
+
+    ``migrating``: a single-use engine; on SQLite also without foreign key enforcement, since a
+    batch migration recreates a table by DROP, which would otherwise cascade to its children.
+    """
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    pool: dict[str, Any] = {"poolclass": NullPool} if migrating else {}
+    try:
+        if backend == "sqlite":
+            if sqlite3.sqlite_version_info < (3, 35):
+                raise DatabaseError(
+                    f"SQLite {sqlite3.sqlite_version} is too old (the queue needs RETURNING, "
+                    "SQLite 3.35+): use a newer Python build or PostgreSQL")
+            _refuse_network_fs(parsed.database)
+            engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S}, **pool)
+            _sqlite_events(engine, foreign_keys=not migrating)
+            return engine
+        if backend == "postgresql":
+            # A worker holds its engine for days; the server may restart in between.
+            return create_engine(parsed, pool_pre_ping=True, **pool)
+    except (ImportError, NoSuchModuleError) as exc:
+        hint = " (pip install 'invssl[postgres]')" if backend == "postgresql" else ""
+        raise DatabaseError(f"cannot open {mask_url(url)}: driver missing: {exc}{hint}") from None
+    raise DatabaseError(f"unsupported database {mask_url(url)}: invssl uses SQLite or PostgreSQL")
+
+
+@contextmanager
+def _reported(url: str, doing: str) -> Iterator[None]:
+    """Driver errors (unreachable server, bad credentials...) as one line naming the masked URL."""
+    try:
+        yield
+    except DBAPIError as exc:
+        lines = str(exc.orig).strip().splitlines() or [type(exc.orig).__name__]
+        raise DatabaseError(f"{doing} {mask_url(url)}: {lines[0].strip()}") from None
+
+
+def read_connection(engine: Engine) -> Connection:
+    """A connection for transactions that only read (deferred BEGIN on SQLite)."""
+    return engine.connect().execution_options(**{READONLY: True})
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """An ORM session in one transaction: committed on success, rolled back on an exception."""
+    with Session(engine) as session, session.begin():
+        yield session
+
+
+# ---------------------------------------------------------------------------- schema
+def _alembic_config() -> Config:
+    cfg = Config()
+    location = str(files("invssl._migrations"))
+    cfg.set_main_option("script_location", location.replace("%", "%%"))
+    cfg.set_main_option("path_separator", "os")
+    return cfg
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+def head_revision() -> str:
+    """The schema revision this version of invssl writes."""
+    head = _script().get_current_head()
+    assert head is not None, "the packaged migrations have no head"
+    return head
+
+
+
+
+def current_revision(engine: Engine) -> Optional[str]:
+    """The database's schema revision; None for a database invssl has never written to."""
+    with read_connection(engine) as conn:
+        return _revision(conn)
+
+
+def _check_known(rev: Optional[str], url: str) -> None:
+    if rev is not None and rev not in {s.revision for s in _script().walk_revisions()}:
+        raise DatabaseError(
+            f"{mask_url(url)} is at schema revision {rev}, unknown to this invssl: it was "
+            "written by a newer version; upgrade invssl to use it")
+
+
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    # Alembic logs each step at INFO; an application that logs INFO should not see them.
+    logger = logging.getLogger("alembic")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _revision(conn: Connection) -> Optional[str]:
+    with _quiet_alembic():
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def upgrade(url: str) -> None:
+    """Create the schema in an empty database or bring an older one to this version's head."""
+    _migrate(url)
+
+
+def _migrate(url: str) -> None:
+    engine = make_engine(url, migrating=True)
+    try:
+        with _reported(url, "cannot upgrade"), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Workers starting together on an empty database: one migrates, the others wait
+                # here and then find the schema at head.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            rev = _revision(conn)
+            _check_known(rev, url)
+            if rev == head_revision():
+                return
+            if rev is None:
+                present = set(inspect(conn).get_table_names()) & set(Base.metadata.tables)
+                if present:
+                    raise DatabaseError(
+                        f"{mask_url(url)} has tables {', '.join(sorted(present))} but no "
+                        f"{VERSION_TABLE} table: not an invssl database, or a damaged one")
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            with _quiet_alembic():
+                command.upgrade(cfg, "head")
+            if conn.dialect.name == "sqlite":
+                broken = conn.execute(text("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise DatabaseError(
+                        f"upgrading {mask_url(url)} would break {len(broken)} foreign key(s) "
+                        f"(first in table {broken[0][0]}); the database was left unchanged")
+    finally:
+        engine.dispose()
+
+
+def open_engine(url: str, *, upgrade: bool = True) -> Engine:
+    """An engine on ``url`` with the schema at this version's head.
+
+    An empty database gets the schema. One at an older revision is upgraded when ``upgrade`` is
+    true and refused otherwise (with the command that upgrades it); one at a revision this
+    version does not know (written by a newer invssl) is refused.
+    """
+    engine = make_engine(url)
+    try:
+        with _reported(url, "cannot open"), read_connection(engine) as conn:
+            # A version table, even one without a row (downgraded to base), marks a database
+            # that invssl has written to: only a database without one counts as empty.
+            versioned = inspect(conn).has_table(VERSION_TABLE)
+            rev = _revision(conn)
+        if rev == head_revision():
+            return engine
+        _check_known(rev, url)
+        if versioned and not upgrade:
+            raise DatabaseError(
+                f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
+                f"{head_revision()}: run `invssl db upgrade --db {mask_url(url)}`")
+        _migrate(url)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
