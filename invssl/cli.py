@@ -112,14 +112,15 @@ class _LiveProgress:
 
 
 def _run_local_worker(db: Optional[str], device: Optional[str], data_root: Optional[str],
-                      sweep_id: Optional[int], total: int, quiet: bool, forever: bool = False) -> Any:
+                      sweep_id: Optional[int], total: int, quiet: bool, forever: bool = False,
+                      stale_after: float = 120.0, heartbeat: float = 10.0) -> Any:
     from invssl.runner import Worker
 
-    if quiet:
-        return Worker(db and _url(db), device=device, data_root=data_root).run(
-            sweep_id=sweep_id, forever=forever)
-    live = _LiveProgress(total)
-    worker = Worker(db and _url(db), device=device, data_root=data_root, events=live.events())
+    live = None if quiet else _LiveProgress(total)
+    worker = Worker(_url(db), device=device, data_root=data_root, stale_after_s=stale_after,
+                    heartbeat_s=heartbeat, events=live.events() if live else None)
+    if live is None:
+        return worker.run(sweep_id=sweep_id, forever=forever)
     with live.progress:
         return worker.run(sweep_id=sweep_id, forever=forever)
 
@@ -222,13 +223,21 @@ def worker(
     forever: bool = typer.Option(False, "--forever", help="Keep polling for new jobs instead of exiting when none is left."),
     sweep_id: Optional[int] = typer.Option(None, "--sweep-id", hidden=True),
     data_root: Optional[str] = DataRootOpt,
+    stale_after: float = typer.Option(120.0, "--stale-after", min=1.0, help="Seconds without a heartbeat after which another worker's job is presumed dead and taken over."),
+    heartbeat: float = typer.Option(10.0, "--heartbeat", min=0.1, help="Seconds between heartbeats of the running job."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Claim pending jobs one at a time and run them. SIGTERM/Ctrl-C: checkpoint, hand back, exit 0."""
+    """Claim pending jobs one at a time and run them until none is left.
+
+    Point every machine's workers at one PostgreSQL URL to share a sweep (SQLite is for one
+    machine). SIGTERM or Ctrl-C: the epoch in progress is checkpointed, the job handed back
+    for resume, exit status 0.
+    """
     from invssl import runner
 
     runner.check_device(device)
-    summary = _run_local_worker(db, device, data_root, sweep_id, 0, quiet, forever=forever)
+    summary = _run_local_worker(db, device, data_root, sweep_id, 0, quiet, forever=forever,
+                                stale_after=stale_after, heartbeat=heartbeat)
     console.print(f"worker: {summary.done} done, {summary.failed} failed, "
                   f"{summary.released} handed back", highlight=False)
 

@@ -157,11 +157,13 @@ class _Heartbeat(threading.Thread):
 class Worker:
     def __init__(self, db_url: Optional[str] = None, *, device: Optional[str] = None,
                  data_root: Optional[str] = None, heartbeat_s: float = HEARTBEAT_S,
-                 events: Optional[WorkerEvents] = None, engine: Any = None) -> None:
+                 stale_after_s: float = STALE_AFTER_S, events: Optional[WorkerEvents] = None,
+                 engine: Any = None) -> None:
         self.engine = engine if engine is not None else open_engine(resolve_url(db_url), upgrade=True)
         self.device = device
         self.data_root = data_root
         self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
         self.events = events or WorkerEvents()
         self.stop = StopFlag()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -170,6 +172,8 @@ class Worker:
             poll_s: float = 5.0) -> WorkerSummary:
         summary = WorkerSummary()
         with self.stop.on_signals():
+            # Jobs of workers that died (here or on another machine) are work too.
+            reap(self.engine, self.stale_after_s)
             while not self.stop():
                 claim = queue.claim(self.engine, worker=self.name, host=socket.gethostname(),
                                     pid=os.getpid(), sweep_id=sweep_id)
@@ -177,6 +181,7 @@ class Worker:
                     if not forever:
                         break
                     self.stop.event.wait(poll_s)
+                    reap(self.engine, self.stale_after_s)
                     continue
                 status, message = self.run_claim(claim)
                 setattr(summary, status, getattr(summary, status) + 1)
