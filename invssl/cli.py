@@ -70,6 +70,13 @@ def _masked(db: Optional[str]) -> str:
     return mask_url(_url(db))
 
 
+def _results_engine(db: Optional[str]) -> Any:
+    """The results database for reading: never created, migrated or written by a report."""
+    from invssl.db.session import open_existing
+
+    return open_existing(_url(db))
+
+
 # ---------------------------------------------------------------- sweep / worker / resume
 class _LiveProgress:
     """Overall jobs and the current job's epoch, with its latest accuracy."""
@@ -277,9 +284,8 @@ def status(db: Optional[str] = DbOpt) -> None:
     from rich.table import Table
 
     from invssl.db import queue
-    from invssl.db.session import open_engine
 
-    engine = open_engine(_url(db), upgrade=False)
+    engine = _results_engine(db)
     counts = queue.status_counts(engine)
     console.print(f"{_masked(db)}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
                                                  ("pending", "running", "done", "failed")),
@@ -307,9 +313,8 @@ def show(job: str = typer.Argument(..., help="Job key (a unique prefix) or numer
     from rich.table import Table
 
     from invssl.db import queue
-    from invssl.db.session import open_engine
 
-    engine = open_engine(_url(db), upgrade=False)
+    engine = _results_engine(db)
     info = queue.get_job(engine, job)
     console.print(f"job {info['id']} [bold]{info['key']}[/]: {info['status']} "
                   f"(attempts {info['attempts']})", highlight=False)
@@ -367,13 +372,6 @@ def db_upgrade(db: Optional[str] = DbOpt) -> None:
 
 
 # ---------------------------------------------------------------- reports and figures
-def _results_engine(db: Optional[str]) -> Any:
-    """The results database for reading: never created, migrated or written by a report."""
-    from invssl.report import open_results
-
-    return open_results(_url(db))
-
-
 def _write_text(text: str, output: Optional[Path]) -> None:
     if output is None:
         sys.stdout.write(text)

@@ -21,7 +21,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from invssl.errors import ConfigError, InvsslError
-from invssl.inversion import DISTANCES, WEIGHTINGS
 from invssl.schedules import Schedule, make_schedule
 
 # Fields that say where or how a job runs, not what it computes: excluded from its identity.

@@ -22,12 +22,11 @@ import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
 
-from invssl.errors import ConfigError, DatabaseError, InvsslError, UnknownNameError
+from invssl.errors import ConfigError, InvsslError, UnknownNameError
 
 TABLES: tuple[str, ...] = ("mnist", "bird10")
 FORMATS: tuple[str, ...] = ("terminal", "markdown", "latex", "csv")
@@ -112,27 +111,6 @@ def _is_supervised(alpha: Any) -> bool:
 
 
 # ------------------------------------------------------------------------ database -> rows
-def open_results(url: str) -> Any:
-    """An engine on an existing results database at this version's schema, for reading.
-
-    A missing SQLite file is an error (a report creates nothing); a database at another schema
-    revision is refused with the command that upgrades it.
-    """
-    from sqlalchemy.engine import make_url
-
-    from invssl.db.session import mask_url, open_engine
-
-    try:
-        parsed = make_url(url)
-    except Exception:
-        raise DatabaseError(f"not a database URL: {mask_url(url)}") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
-            and not str(parsed.database).startswith("file:") \
-            and not Path(parsed.database).expanduser().exists():
-        raise DatabaseError(f"no results database at {mask_url(url)}")
-    return open_engine(url, upgrade=False)
-
-
 def sweep_names(engine: Any) -> list[str]:
     from sqlalchemy import select
 

@@ -18,7 +18,7 @@ import pytest
 from invssl import plots, report
 from invssl.config import JobConfig
 from invssl.db import queue
-from invssl.db.session import open_engine
+from invssl.db.session import open_engine, open_existing
 from invssl.errors import ConfigError, DatabaseError, DataError, UnknownNameError
 
 MNIST = dict(dataset="mnist", epochs=3, val_size=1000)
@@ -104,7 +104,7 @@ def table_db(tmp_path_factory):
 
 # --------------------------------------------------------------------------- Table 2
 def test_table2_selects_by_validation_and_matches_hand_computation(table_db):
-    engine = report.open_results(table_db)
+    engine = open_existing(table_db)
     counts = queue.status_counts(engine, sweep="table2")
     assert [counts.get(s, 0) for s in ("done", "running", "failed", "pending")] == [len(FINISHED), 1, 1, 1]
     jobs = report.load_jobs(engine, "table2")
@@ -147,7 +147,7 @@ def test_schedule_labels():
 
 
 def test_compare_paper_adds_marked_published_rows(table_db):
-    jobs = report.load_jobs(report.open_results(table_db), "table2")
+    jobs = report.load_jobs(open_existing(table_db), "table2")
     table = report.mnist_table(jobs, compare="paper").set_index("topology")
     published = [r for r in table.index if report.PUBLISHED_MARK in r]
     assert len(published) == 7
@@ -158,7 +158,7 @@ def test_compare_paper_adds_marked_published_rows(table_db):
 
 
 def test_every_format_parses_back(table_db):
-    jobs = report.load_jobs(report.open_results(table_db), "table2")
+    jobs = report.load_jobs(open_existing(table_db), "table2")
     table = report.mnist_table(jobs, compare="paper")
     n_rows, n_cols = table.shape
 
@@ -188,7 +188,7 @@ def test_every_format_parses_back(table_db):
 
 
 def test_pivot_and_bird10_layout(table_db):
-    engine = report.open_results(table_db)
+    engine = open_existing(table_db)
     jobs = report.load_jobs(engine, "table2")
     piv = report.pivot(jobs, "alpha", "n_labeled", where={"topology": "resnet2-32max", "beta": "0.5"})
     piv = piv.set_index("alpha")
@@ -214,13 +214,13 @@ def test_pivot_and_bird10_layout(table_db):
 def test_no_finished_jobs_and_unknown_sweep(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     open_engine(url).dispose()
-    engine = report.open_results(url)
+    engine = open_existing(url)
     with pytest.raises(report.NoResultsError, match="no done jobs"):
         report.load_jobs(engine)
     with pytest.raises(UnknownNameError, match="unknown sweep 'x'"):
         report.load_jobs(engine, "x")
     with pytest.raises(DatabaseError, match="no results database"):
-        report.open_results(f"sqlite:///{tmp_path / 'absent.db'}")
+        open_existing(f"sqlite:///{tmp_path / 'absent.db'}")
     assert not (tmp_path / "absent.db").exists()
 
 
@@ -233,7 +233,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_learning_curves_and_metric_vs_field_are_pngs(table_db, tmp_path):
-    engine = report.open_results(table_db)
+    engine = open_existing(table_db)
     jobs = report.load_jobs(engine, "table2")
     epochs = report.load_epochs(engine, jobs["id"])
     by_job = {f"job {i}": g for i, g in list(epochs.groupby("job_id"))[:3]}

@@ -303,3 +303,20 @@ def open_engine(url: str, *, upgrade: bool = True) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+def open_existing(url: str) -> Engine:
+    """An engine on an existing database at this version's schema, for reading.
+
+    Nothing is created or migrated: a missing SQLite file is an error, and a database at
+    another schema revision is refused with the command that upgrades it.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise DatabaseError(f"not a database URL: {mask_url(url)}") from None
+    database = parsed.database or ""
+    if (parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+            and not database.startswith("file:") and not Path(database).expanduser().exists()):
+        raise DatabaseError(f"no results database at {mask_url(url)}")
+    return open_engine(url, upgrade=False)
