@@ -46,6 +46,9 @@ def rows(url, model):
 
 def test_sweep_end_to_end_then_grow(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY)
+    plan = invssl("sweep", "tiny.yaml", "--dry-run", cwd=tmp_path).stdout
+    assert "4 jobs, 0 already done" in plan
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # dry-run wrote nothing
     out = invssl("sweep", "tiny.yaml", "--quiet", cwd=tmp_path).stdout
     assert "4 jobs (4 new, 0 already known)" in out and "4 done" in out
     url = f"sqlite:///{tmp_path / 'invssl.db'}"

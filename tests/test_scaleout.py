@@ -114,7 +114,11 @@ def test_sigkill_then_another_worker_takes_over_after_the_grace_period(tmp_path,
 
 
 def test_sigterm_checkpoints_the_epoch_in_progress_and_exits_0(tmp_path, db_url):
-    _enqueue(tmp_path, db_url, SLOW)
+    (tmp_path / "slow.yaml").write_text(SLOW)
+    out = subprocess.run([sys.executable, "-m", "invssl", "sweep", "slow.yaml", "--enqueue-only"],
+                         cwd=tmp_path, env=_env(db_url), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "1 jobs (1 new" in out.stdout, out.stderr
+    assert [j.status for j in _jobs(db_url)[0]] == ["pending"]
     proc = _worker(db_url)
     _wait_epochs(db_url, 1, proc)
     time.sleep(0.2)  # into the next epoch
