@@ -90,7 +90,7 @@ class _LiveProgress:
                                  console=console, transient=False)
         self.jobs = self.progress.add_task("jobs", total=total_jobs)
         self.job = self.progress.add_task("", total=1, visible=False)
-        self.epochs = 1
+        self.label = ""
 
     def events(self) -> Any:
         from invssl.runner import WorkerEvents
@@ -99,7 +99,7 @@ class _LiveProgress:
                             job_ended=self._ended)
 
     def _started(self, claim: Any, cfg: Any) -> None:
-        self.epochs = cfg.epochs
+        self.label = cfg.label()
         self.progress.reset(self.job, total=None, visible=True,
                             description=f"  {cfg.label()} epoch {claim.epochs_done + 1}/{cfg.epochs}")
 
@@ -114,8 +114,9 @@ class _LiveProgress:
     def _ended(self, claim: Any, status: str, message: str) -> None:
         self.progress.advance(self.jobs)
         style = {"done": "green", "failed": "red"}.get(status, "yellow")
-        self.progress.console.print(f"[{style}]{status}[/] job {claim.key[:10]}: {message}",
-                                    highlight=False)
+        # A failure's message already names the job.
+        what = message if status == "failed" else f"{self.label}: {message}"
+        self.progress.console.print(f"[{style}]{status}[/] {claim.key[:10]} {what}", highlight=False)
 
 
 def _run_local_worker(db: Optional[str], device: Optional[str], data_root: Optional[str],
