@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from invssl.config import RUNTIME_FIELDS
 from invssl.errors import ConfigError, InvsslError, UnknownNameError
 
 TABLES: tuple[str, ...] = ("mnist", "bird10")
@@ -56,8 +57,6 @@ PUBLISHED: tuple[tuple[str, int, float], ...] = (
 )
 PUBLISHED_MARK = "[published]"
 
-# Config fields that say where or how a job ran, not what it computed.
-_RUNTIME = frozenset({"data_root", "download", "device"})
 _CONFIG_FIRST = ("topology", "dataset", "n_labeled", "alpha", "beta", "seed")
 _SCHEDULE_FIELDS = ("alpha", "beta")
 
@@ -195,7 +194,7 @@ def jobs_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             if k in row:
                 flat[k] = row[k]
         for k, v in config.items():
-            if k in _RUNTIME:
+            if k in RUNTIME_FIELDS:
                 continue
             if k in _SCHEDULE_FIELDS:
                 flat[k] = weight_label(v)
@@ -206,7 +205,7 @@ def jobs_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 flat[k] = json.dumps(v, sort_keys=True, separators=(",", ":"))
             else:
                 flat[k] = v
-        ident = {k: v for k, v in config.items() if k not in _RUNTIME and k != "seed"}
+        ident = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS and k != "seed"}
         flat["group"] = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
         for k, v in (row.get("result") or {}).items():
             if isinstance(v, (dict, list)):
