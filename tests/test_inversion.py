@@ -303,3 +303,85 @@ def test_schedules():
         make_schedule({"kind": "step", "values": [1, 0], "at": [1, 2]})
     with pytest.raises(ValueError):
         make_schedule({"kind": "ramp", "start": 0, "end": 1, "until": 5, "bogus": 1})
+
+
+class StridedGrouped(nn.Module):
+    """Convolutions with stride, dilation, groups, no bias, and a residual sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2, groups=2, bias=False)
+        self.skip = nn.Conv2d(4, 4, 1, stride=2)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))
+        return self.fc((self.skip(h) + self.conv2(h)).relu().flatten(1))
+
+
+@pytest.fixture
+def fast_conv(monkeypatch):
+    """Run a function with the oneDNN double-backward path on and off."""
+    from invssl import inversion
+
+    def run(fn, enabled):
+        monkeypatch.setattr(inversion, "FAST_CONV_DEVICES", {"cpu"} if enabled else set())
+        return fn()
+
+    return run
+
+
+@pytest.mark.parametrize("name", ["cnn_max", "cnn_mean", "conv1d", "strided_grouped"])
+@pytest.mark.parametrize("kwargs", [{}, {"weighting": "softmax"}, {"layer_weights": {"conv1": 0.5, "output": 1.0}}])
+def test_native_conv_double_backward_matches_autograd(fast_conv, name, kwargs):
+    if name == "strided_grouped":
+        torch.manual_seed(0)
+        model, shape = StridedGrouped(), (2, 8, 8)
+    else:
+        model, shape = nets()[name]
+    if "layer_weights" in kwargs and name == "conv1d":
+        kwargs = {"layer_weights": {"0": 0.5, "output": 1.0}}
+    xl, xu = torch.randn(3, *shape), torch.randn(4, *shape)
+    yl = torch.tensor([0, 1, 2])
+    params = list(model.parameters())
+
+    def step():
+        terms = ssl_loss(model, xl, yl, xu, alpha=0.3, beta=0.6, **kwargs)
+        grads = torch.autograd.grad(terms.total, params, create_graph=True)
+        # one order further, as learning the weights through an update step would need
+        third = torch.autograd.grad(sum((g ** 2).sum() for g in grads), params)
+        return terms.total.detach(), grads, third
+
+    plain, fast = fast_conv(step, False), fast_conv(step, True)
+    assert torch.equal(plain[0], fast[0])  # the loss value is bit for bit autograd's
+    for a, b in zip(plain[1] + plain[2], fast[1] + fast[2]):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert torch._C._len_torch_function_stack() == 0
+
+
+def test_native_conv_path_skips_the_input_leaf_gradient(fast_conv, monkeypatch):
+    """After x_hat exists, no backward computes the gradient of the internal input leaf."""
+    from invssl import inversion
+
+    model, shape = nets()["cnn_max"]
+    x = torch.randn(3, *shape)
+    masks = []  # output masks of conv1's kernel calls (conv1 is the one reading the input)
+    original = inversion._conv_backward
+
+    def spy(grad_out, inp, weight, *args):
+        if weight.shape[1] == shape[0]:
+            masks.append(tuple(args[-1][:2]))
+        return original(grad_out, inp, weight, *args)
+
+    monkeypatch.setattr(inversion, "_conv_backward", spy)
+
+    def step():
+        _, x_hat = reconstruct(model, x)
+        assert masks == [(True, False)]  # the inversion: input gradient only, no weights
+        masks.clear()
+        distance_per_input(x, x_hat).mean().backward()
+        return list(masks)
+
+    last = fast_conv(step, True)
+    assert last and all(mask == (False, True) for mask in last)
