@@ -172,12 +172,23 @@ def sweep(
     enqueue_only: bool = typer.Option(False, "--enqueue-only", help="Fill the queue for workers elsewhere and exit."),
     data_root: Optional[str] = DataRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="With --dry-run: estimate from recorded epoch times only; time no training steps."),
 ) -> None:
     """Expand an experiment grid into jobs and run them; finished jobs are skipped."""
     from invssl import runner
 
     if dry_run:
-        _print_plan(runner.plan(file, db), _masked(db))
+        plan = runner.plan(file, db)
+        _print_plan(plan, _masked(db))
+        from invssl import estimate
+
+        runner.check_device(device)
+        jobs = [j.model_copy(update={"data_root": data_root}) for j in plan.jobs] if data_root else plan.jobs
+        est = estimate.estimate(jobs, done=plan.done_keys, device=device, db_url=_url(db),
+                                calibrate_missing=not no_calibrate)
+        console.print(estimate.render(est))
+        for note in est.notes:
+            console.print(f"note: {note}", highlight=False)
         return
     runner.check_device(device)
     enq = runner.enqueue(file, db)

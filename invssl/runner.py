@@ -259,6 +259,7 @@ class Plan:
     done: int
     by_group: dict[tuple[str, int], tuple[int, int]]  # (topology, n_labeled) -> (jobs, done)
     jobs: list[JobConfig]
+    done_keys: set[str] = field(default_factory=set)  # keys of the jobs already done
 
 
 def plan(path: str | Path, db_url: Optional[str] = None) -> Plan:
@@ -271,7 +272,7 @@ def plan(path: str | Path, db_url: Optional[str] = None) -> Plan:
         g[0] += 1
         g[1] += job.key in done_keys
     return Plan(experiment.name, len(jobs), sum(j.key in done_keys for j in jobs),
-                {k: (v[0], v[1]) for k, v in groups.items()}, jobs)
+                {k: (v[0], v[1]) for k, v in groups.items()}, jobs, set(done_keys))
 
 
 @dataclass

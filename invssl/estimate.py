@@ -1,0 +1,387 @@
+"""How long a sweep will take on this device: ``invssl sweep FILE --dry-run``.
+
+A job costs ``remaining epochs x (steps per epoch x seconds per step + evaluation)``. Seconds per
+step come, per *cost class* (topology, dataset, loss kind, batch sizes, weighting, per-layer
+weights, precision), from:
+
+1. the results database: ``epochs.wall_s`` of jobs of the same class that ran on a device of the
+   same kind and name (``wall_s`` times the training steps of an epoch, evaluation excluded),
+   divided by that job's steps per epoch; the median over their epochs;
+2. else a calibration on this device: trainer steps on random inputs of the dataset's shape (a
+   warm-up step on 2 + 2 inputs, then ``MIN_STEPS`` to ``CALIBRATE_STEPS`` full-size ones, the
+   fastest counting), and a no-grad forward pass for the evaluation. A few seconds on a GPU; on 2
+   CPU cores about 20 s for the twelve MNIST topologies, since a LargeCNN step takes seconds;
+3. else (``calibrate=False``) nothing: the class is reported as unknown and left out of the total.
+
+The evaluation after each epoch (validation and test predictions, and the reconstruction error on
+``train.RECON_EVAL`` test inputs) is estimated from the calibration's forward pass as
+``(n_val + n_test + 3 x RECON_EVAL)`` forwards; it is a few per cent of an epoch. Nothing is
+written: the database is read only if it already exists, and calibration draws its random inputs
+under a forked RNG.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from invssl.config import JobConfig
+
+MIN_STEPS = 2  # timed steps per cost class, at least
+CALIBRATE_STEPS = 5  # and at most, stopping early once CALIBRATE_S seconds are spent
+CALIBRATE_S = 0.3
+EVAL_PROBE = 250  # inputs in the calibration's no-grad forward pass
+
+
+@dataclass(frozen=True)
+class CostKey:
+    """What a training step's cost depends on."""
+
+    topology: str
+    dataset: str
+    data_params: str  # canonical JSON
+    kind: str  # "sup" (alpha = 1: labeled batch only), "ent" (beta = 0: no inversion), "ssl"
+    batch_labeled: int
+    batch_unlabeled: int
+    weighting: str
+    layer_weights: str  # canonical JSON, "null" without
+    precision: str
+
+
+def loss_kind(job: JobConfig) -> str:
+    if isinstance(job.alpha, float) and job.alpha == 1.0:
+        return "sup"
+    if isinstance(job.beta, float) and job.beta == 0.0:
+        return "ent"
+    return "ssl"  # a schedule is costed as its most expensive phase
+
+
+def cost_key(job: JobConfig) -> CostKey:
+    kind = loss_kind(job)
+    inverts = kind == "ssl"
+    return CostKey(
+        job.topology, job.dataset, json.dumps(job.data_params, sort_keys=True), kind, job.batch_labeled,
+        0 if kind == "sup" else job.batch_unlabeled,  # the alpha = 1 step skips the unlabeled batch
+        job.weighting if inverts else "logits",
+        json.dumps(job.layer_weights, sort_keys=True) if inverts else "null", job.precision,
+    )
+
+
+def job_steps(job: JobConfig, n_train: int) -> int:
+    """Training steps per epoch, as the trainer counts them (``train.steps_per_epoch``)."""
+    from invssl.train import steps_per_epoch
+
+    n_val = min(job.val_size, n_train)
+    return steps_per_epoch(job, max(0, n_train - n_val - job.n_labeled))
+
+
+@dataclass
+class Row:
+    """One cost class of the sweep."""
+
+    topology: str
+    dataset: str
+    kind: str
+    jobs: int  # jobs not done
+    epochs: int  # epochs left over those jobs
+    steps: int  # training steps left over those jobs
+    steps_per_epoch: tuple[int, int]  # (fewest, most) among the jobs: N_L moves the unlabeled count
+    step_s: Optional[float]
+    eval_s: Optional[float]  # per epoch
+    source: str  # "database", "calibrated", "given", "unknown"
+
+    @property
+    def seconds(self) -> Optional[float]:
+        if self.step_s is None:
+            return None
+        return self.steps * self.step_s + self.epochs * (self.eval_s or 0.0)
+
+
+@dataclass
+class Estimate:
+    device: str
+    rows: list[Row]
+    calibration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_s(self) -> float:
+        return sum(r.seconds or 0.0 for r in self.rows)
+
+    @property
+    def complete(self) -> bool:
+        return all(r.seconds is not None for r in self.rows)
+
+    def by_topology(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for r in self.rows:
+            out[r.topology] += r.seconds or 0.0
+        return dict(out)
+
+
+# ----------------------------------------------------------------------------- database (read only)
+@dataclass
+class _Recorded:
+    epochs_done: dict[str, int] = field(default_factory=dict)  # job key -> epochs finished
+    step_s: dict[CostKey, float] = field(default_factory=dict)
+
+
+def read_database(url: str, keys: Iterable[str], device_kind: str, device_name: str,
+                  n_train: Callable[[JobConfig], Optional[int]]) -> _Recorded:
+    """Epochs already finished per job, and recorded seconds per step per cost class on a device
+    like this one. Creates nothing: a missing SQLite file or schema reads as empty."""
+    from sqlalchemy import inspect, select
+
+    from invssl.db.models import Epoch, Job
+    from invssl.db.session import make_engine, read_connection
+
+    out = _Recorded()
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name == "sqlite" and not Path(engine.url.database or "").exists():
+            return out
+        wanted = set(keys)
+        per_key: dict[CostKey, list[float]] = defaultdict(list)
+        with read_connection(engine) as conn:
+            tables = inspect(conn)
+            if not (tables.has_table(Job.__tablename__) and tables.has_table(Epoch.__tablename__)):
+                return out
+            for key, done in conn.execute(select(Job.key, Job.epochs_done)):
+                if key in wanted and done:
+                    out.epochs_done[key] = int(done)
+            query = (select(Job.config, Job.env, Epoch.wall_s)
+                     .join(Epoch, Epoch.job_id == Job.id).where(Epoch.wall_s.is_not(None)))
+            for config, env, wall_s in conn.execute(query):
+                env = env or {}
+                if str(env.get("device", "")).split(":")[0] != device_kind or env.get("device_name") != device_name:
+                    continue
+                try:
+                    job = JobConfig(**config)
+                except Exception:  # a config this version no longer accepts
+                    continue
+                size = n_train(job)
+                if size is None or not wall_s or wall_s <= 0:
+                    continue
+                per_key[cost_key(job)].append(float(wall_s) / job_steps(job, size))
+        out.step_s = {k: statistics.median(v) for k, v in per_key.items()}
+        return out
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------------------------ calibration
+def calibrate(key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_classes: int,
+              device: torch.device) -> tuple[float, float]:
+    """``(seconds per training step, seconds per forward input)`` of ``key`` on ``device``."""
+    from invssl import models
+    from invssl.inversion import ssl_loss
+    from invssl.train import tune_cpu_allocator
+
+    if device.type == "cpu":
+        tune_cpu_allocator()  # as the trainer does
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = models.build(key.topology, input_shape, num_classes).to(device).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        x_l = torch.randn(key.batch_labeled, *input_shape, device=device)
+        y_l = torch.randint(num_classes, (key.batch_labeled,), device=device)
+        x_u = torch.randn(key.batch_unlabeled, *input_shape, device=device)
+        alpha, beta = {"sup": (1.0, 0.0), "ent": (0.5, 0.0), "ssl": (0.5, 0.5)}[key.kind]
+        bf16 = key.precision == "bf16" and device.type == "cuda"
+
+        def step() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                terms = ssl_loss(model, x_l, y_l, x_u, alpha=alpha, beta=beta, weighting=job.weighting,  # type: ignore[arg-type]
+                                 distance=job.distance, layer_weights=job.layer_weights)
+            opt.zero_grad(set_to_none=True)
+            terms.total.backward()
+            opt.step()
+            torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
+
+        full = (x_l, y_l, x_u)
+        x_l, y_l, x_u = (t[:2] for t in full)
+        step()  # warm-up on 2 + 2 inputs: Adam state, lazy initialisation
+        x_l, y_l, x_u = full
+        sync()
+        times: list[float] = []
+        while len(times) < MIN_STEPS or (len(times) < CALIBRATE_STEPS and sum(times) < CALIBRATE_S):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        model.eval()
+        x = torch.randn(EVAL_PROBE, *input_shape, device=device)
+        probes = []
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for _ in range(2):
+                t0 = time.perf_counter()
+                model(x)
+                sync()
+                probes.append((time.perf_counter() - t0) / EVAL_PROBE)
+    # The fastest step: the first full-size one also pays for fresh memory, and on a shared
+    # machine a slow outlier is someone else's load, not the step's cost.
+    return min(times), min(probes)
+
+
+def device_name(device: torch.device) -> str:
+    """As ``runner.environment`` records it in each job's ``env``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+# -------------------------------------------------------------------------------------- estimate
+def estimate(
+    jobs: list[JobConfig],
+    *,
+    done: Iterable[str] = (),
+    device: Optional[str] = None,
+    db_url: Optional[str] = None,
+    calibrate_missing: bool = True,
+    step_seconds: Optional[Mapping[CostKey, float]] = None,
+    eval_seconds: Optional[Mapping[CostKey, float]] = None,
+    epochs_done: Optional[Mapping[str, int]] = None,
+    dataset_info: Optional[Callable[[JobConfig], Any]] = None,
+) -> Estimate:
+    """Estimated time of the jobs not in ``done``, run one after another on ``device``.
+
+    ``step_seconds`` / ``eval_seconds`` (per cost class) and ``epochs_done`` (per job key) take
+    precedence over the database and calibration; ``dataset_info(job)`` replaces
+    ``data.info`` (tests).
+    """
+    from invssl import data as datasets
+    from invssl.train import RECON_EVAL, resolve_device
+
+    dev = resolve_device(device or "auto")
+    done = set(done)
+    todo = [j for j in jobs if j.key not in done]
+    notes: list[str] = []
+
+    info_cache: dict[tuple[str, str, Optional[str]], Any] = {}
+
+    def info(job: JobConfig) -> Any:
+        k = (job.dataset, json.dumps(job.data_params, sort_keys=True), job.data_root)
+        if k not in info_cache:
+            try:
+                info_cache[k] = (dataset_info or (lambda j: datasets.info(
+                    j.dataset, root=j.data_root, seed=j.seed, **j.data_params)))(job)
+            except Exception as exc:  # e.g. a wav folder that is not on this machine
+                notes.append(f"{job.dataset}: sizes unknown ({exc}); its jobs are left out")
+                info_cache[k] = None
+        return info_cache[k]
+
+    recorded = _Recorded()
+    if db_url is not None:
+        recorded = read_database(db_url, [j.key for j in todo], dev.type, device_name(dev),
+                                 lambda j: (info(j).n_train if info(j) is not None else None))
+    left = dict(recorded.epochs_done)
+    left.update(epochs_done or {})
+
+    groups: dict[CostKey, list[tuple[JobConfig, int]]] = defaultdict(list)  # (job, steps per epoch)
+    for job in todo:
+        meta = info(job)
+        if meta is None:
+            continue
+        groups[cost_key(job)].append((job, job_steps(job, meta.n_train)))
+
+    measured: dict[CostKey, tuple[Optional[float], Optional[float], str]] = {}
+    calibration_s = 0.0
+    for key, members in groups.items():
+        if step_seconds is not None and key in step_seconds:
+            measured[key] = (step_seconds[key], (eval_seconds or {}).get(key), "given")
+            continue
+        job = members[0][0]
+        meta = info(job)
+        eval_s: Optional[float] = None
+        step_s: Optional[float] = recorded.step_s.get(key)
+        source = "database" if step_s is not None else "unknown"
+        if step_s is None and calibrate_missing:
+            t0 = time.perf_counter()
+            step_s, forward_s = calibrate(key, job, tuple(meta.input_shape), meta.num_classes, dev)
+            calibration_s += time.perf_counter() - t0
+            n_val = min(job.val_size, meta.n_train)
+            eval_s = forward_s * (n_val + meta.n_test + 3 * min(RECON_EVAL, meta.n_test))
+            source = "calibrated"
+        measured[key] = (step_s, eval_s, source)
+
+    rows = []
+    for key, members in groups.items():
+        step_s, eval_s, source = measured[key]
+        epochs = [max(0, j.epochs - left.get(j.key, 0)) for j, _ in members]
+        steps = [n for _, n in members]
+        rows.append(Row(key.topology, key.dataset, key.kind, len(members), sum(epochs),
+                        sum(e * n for e, n in zip(epochs, steps)), (min(steps), max(steps)),
+                        step_s, eval_s, source))
+    rows.sort(key=lambda r: (r.topology, r.kind))
+    if any(r.source == "unknown" for r in rows):
+        notes.append("classes marked unknown have no recorded epochs on this device and were not "
+                     "calibrated (--no-calibrate); the total leaves them out")
+    if any(r.source == "database" and r.eval_s is None for r in rows):
+        notes.append("database figures cover training steps only (epochs.wall_s); evaluation not included")
+    return Estimate(f"{dev} ({device_name(dev)})", rows, calibration_s, notes)
+
+
+def fmt_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def render(est: Estimate) -> Any:
+    """A rich Table: one row per cost class, a subtotal per topology, and the total."""
+    from rich.table import Table
+
+    title = f"estimated time on {est.device}, jobs run one after another"
+    if est.calibration_s:
+        title += f" (calibrated in {est.calibration_s:.1f} s)"
+    table = Table(title=title)
+    for name, justify in (("topology", "left"), ("loss", "left"), ("jobs", "right"), ("epochs", "right"),
+                          ("steps/epoch", "right"), ("s/step", "right"), ("eval s/epoch", "right"),
+                          ("time", "right"), ("from", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    per_topology = est.by_topology()
+
+    def subtotal(rows: list[Row], seconds: float) -> str:
+        known = [r for r in rows if r.seconds is not None]
+        if not known:
+            return "?"
+        return fmt_duration(seconds) + ("" if len(known) == len(rows) else " + ?")
+
+    def of(topology: str) -> str:
+        return subtotal([r for r in est.rows if r.topology == topology], per_topology[topology])
+
+    last = None
+    for r in est.rows:
+        if last is not None and r.topology != last:
+            table.add_row(f"  {last} total", "", "", "", "", "", "", of(last), "", style="dim")
+        last = r.topology
+        lo, hi = r.steps_per_epoch
+        table.add_row(r.topology, r.kind, str(r.jobs), str(r.epochs), str(lo) if lo == hi else f"{lo}-{hi}",
+                      "?" if r.step_s is None else f"{r.step_s:.4f}",
+                      "" if r.eval_s is None else f"{r.eval_s:.1f}", fmt_duration(r.seconds), r.source)
+    if last is not None:
+        table.add_row(f"  {last} total", "", "", "", "", "", "", of(last), "", style="dim")
+    total = subtotal(est.rows, est.total_s)
+    table.add_row("total", "", str(sum(r.jobs for r in est.rows)), str(sum(r.epochs for r in est.rows)),
+                  "", "", "", total, "", style="bold")
+    return table
