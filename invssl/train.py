@@ -192,6 +192,7 @@ class _State:
 
     def __init__(self, config: JobConfig, model: nn.Module, device: torch.device, n_steps: int) -> None:
         self.model = model
+        self.device = device
         self.opt = torch.optim.Adam(model.parameters(), lr=config.lr)
         total = n_steps * config.epochs
         decay = (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) \
@@ -207,8 +208,9 @@ class _State:
 
     def to_bytes(self) -> bytes:
         rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()  # type: ignore[assignment]
+        # Only this job's device: the job may resume on a machine with another number of GPUs.
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         blob = {
             "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(), "gen": self.gen.get_state(), "rng": rng,
@@ -226,8 +228,8 @@ class _State:
         self.sched.load_state_dict(blob["sched"])
         self.gen.set_state(blob["gen"].cpu())
         torch.set_rng_state(blob["rng"]["cpu"].cpu())
-        if "cuda" in blob["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in blob["rng"]["cuda"]])
+        if "cuda" in blob["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state(blob["rng"]["cuda"].cpu(), device)
         self.epoch, self.step = int(blob["epoch"]), int(blob["step"])
         self.lab_order, self.unl_order = blob["lab_order"].cpu(), blob["unl_order"].cpu()
         self.sums = blob["sums"].to(device)
