@@ -36,8 +36,9 @@ import time
 from typing import Any
 
 import torch
+from _common import add_runtime_options, apply_runtime_options
 
-from invssl import inversion, models
+from invssl import models
 from invssl.config import JobConfig
 from invssl.inversion import ssl_loss
 from invssl.train import (
@@ -187,17 +188,11 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC model and data (2-D nets)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true")
-    parser.add_argument("--fast-conv-devices", default=None,
-                        help="device types on which ssl_loss uses the native conv double backward "
-                             "(inversion.FAST_CONV_DEVICES; default: as shipped), e.g. cpu,cuda")
+    add_runtime_options(parser)
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.fast_conv_devices is not None:
-        inversion.FAST_CONV_DEVICES.clear()
-        inversion.FAST_CONV_DEVICES.update(d for d in args.fast_conv_devices.split(",") if d)
+    apply_runtime_options(args)
 
     if args._worker:
         topology, arm = json.loads(args._worker)

@@ -55,6 +55,7 @@ from torch import nn
 from invssl import inversion, models
 from invssl.inversion import ssl_loss
 from invssl.train import tune_cpu_allocator
+from _common import add_runtime_options, apply_runtime_options
 
 IMAGE_SHAPE = (1, 28, 28)
 SIGNAL_SHAPES = {"Audio1D": (1, 16000)}
@@ -246,17 +247,11 @@ def main() -> None:
     parser.add_argument("--memory", choices=("auto", "off"), default="auto")
     parser.add_argument("--malloc", choices=("trainer", "default"), default="trainer",
                         help="CPU: glibc malloc as the trainer sets it (keep freed memory), or untouched")
-    parser.add_argument("--fast-conv-devices", default=None,
-                        help="device types on which ssl_loss uses the native conv double backward "
-                             "(inversion.FAST_CONV_DEVICES; default: as shipped), e.g. cpu,cuda")
+    add_runtime_options(parser)
     parser.add_argument("--markdown", action="store_true", help="print tables in Markdown")
     parser.add_argument("--_probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.fast_conv_devices is not None:
-        inversion.FAST_CONV_DEVICES.clear()
-        inversion.FAST_CONV_DEVICES.update(d for d in args.fast_conv_devices.split(",") if d)
+    apply_runtime_options(args)
     device = torch.device(args.device)
     if device.type == "cpu" and args.malloc == "trainer":
         tune_cpu_allocator()
