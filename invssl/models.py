@@ -1,8 +1,8 @@
-"""The classifiers of the paper's experiments, built by name (METHOD.md section 4).
+"""The classifiers of the paper's experiments, built by name (docs/method.md, section 3).
 
 Every network here is a composition of affine layers and piecewise-linear ops (ReLU, channel
 winner-take-all, max/mean pooling, residual sums) with no batch normalisation, so it is a spline,
-``f(x) = A[x] x + b[x]``, and ``inversion.reconstruct`` is its exact inverse (METHOD.md section 1).
+``f(x) = A[x] x + b[x]``, and ``inversion.reconstruct`` is its exact inverse (docs/method.md, section 1).
 
 Image topologies (SmallCNN, LargeCNN, ResnetD-W) are dimension-agnostic: ``input_shape``
 ``(C, H, W)`` builds them with 2-D convolutions and pooling, ``(C, L)`` builds the same layer
@@ -63,12 +63,26 @@ class WinnerTakeAll(nn.Module):
         return f"channels={self.channels}"
 
 
-def _kaiming_(layer: nn.Conv1d | nn.Conv2d | nn.Linear, rectified_input: bool) -> None:
-    # Variance-preserving fan-in init. ReLU and channel winner-take-all both keep half the second
-    # moment of a symmetric input, so the same gain sqrt(2) suits both; layers that read the raw
-    # input or the residual trunk (not rectified) get gain 1.
-    nonlinearity = "relu" if rectified_input else "linear"
-    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity=nonlinearity)
+INITS: tuple[str, ...] = ("glorot", "kaiming")
+
+
+def _init_(layer: nn.Conv1d | nn.Conv2d | nn.Linear, rectified_input: bool, init: str) -> None:
+    """Zero biases and either Glorot-uniform or Kaiming-normal weights.
+
+    ``glorot`` (Lasagne's default, and the paper's authors' code) balances fan-in and fan-out;
+    with pixels in [0, 1] it trains the MNIST nets at the paper's rates where Kaiming's larger
+    first-layer weights, on standardised inputs, killed them (docs/method.md, "The recipe").
+    ``kaiming`` preserves the forward variance: ReLU and channel winner-take-all both keep half
+    the second moment of a symmetric input, so gain sqrt(2) suits both; layers that read the raw
+    input or the residual trunk (not rectified) get gain 1.
+    """
+    if init == "glorot":
+        nn.init.xavier_uniform_(layer.weight)
+    elif init == "kaiming":
+        nonlinearity = "relu" if rectified_input else "linear"
+        nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity=nonlinearity)
+    else:
+        raise ConfigError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
 
@@ -80,16 +94,17 @@ class _Layers:
     ndim: int  # spatial axes: 1 (signals) or 2 (images)
     pool: str  # "mean" or "max"
     inhibitor: bool
+    init: str = "glorot"
 
     def conv(self, cin: int, cout: int, kernel: int, *, rectified_input: bool = True) -> nn.Module:
         conv_cls = (nn.Conv1d, nn.Conv2d)[self.ndim - 1]
         conv = conv_cls(cin, cout, kernel, padding=kernel // 2, bias=not self.inhibitor)
-        _kaiming_(conv, rectified_input)
+        _init_(conv, rectified_input, self.init)
         return conv
 
     def dense(self, fan_in: int, fan_out: int) -> nn.Linear:
         dense = nn.Linear(fan_in, fan_out, bias=not self.inhibitor)
-        _kaiming_(dense, rectified_input=True)
+        _init_(dense, True, self.init)
         return dense
 
     def act(self, channels: int) -> nn.Module:
@@ -113,6 +128,19 @@ def _small_cnn(layers: _Layers, channels: int, num_classes: int) -> nn.Sequentia
         conv2=layers.conv(32, 64, 3), act2=layers.act(64), pool2=layers.downsample(),
         conv3=layers.conv(64, 128, 1), act3=layers.act(128), pool3=layers.global_pool(),
         fc=layers.dense(128, num_classes),
+    ))  # fmt: skip
+
+
+def _conv_small(layers: _Layers, channels: int, num_classes: int) -> nn.Sequential:
+    """The authors' 2019 "ConvSmall": five convolutions, the last a 1x1 to the classes, then a
+    global pool. Its receptive field (about 24 pixels before the global pool) covers a whole
+    MNIST digit, against about 10 for SmallCNN; that is what lets it win (docs/method.md)."""
+    return nn.Sequential(OrderedDict(
+        conv1=layers.conv(channels, 32, 5, rectified_input=False), act1=layers.act(32), pool1=layers.downsample(),
+        conv2=layers.conv(32, 64, 3), act2=layers.act(64),
+        conv3=layers.conv(64, 64, 3), act3=layers.act(64), pool2=layers.downsample(),
+        conv4=layers.conv(64, 128, 3), act4=layers.act(128),
+        conv5=layers.conv(128, num_classes, 1), pool3=layers.global_pool("mean"),
     ))  # fmt: skip
 
 
@@ -170,7 +198,7 @@ def _resnet_topology(layers: _Layers, channels: int, num_classes: int, *, depth:
         seq[f"stage{i}"] = nn.Sequential(*(ResidualBlock(layers, cin if b == 0 else w, w, scale) for b in range(depth)))
         cin = w
     seq["act"] = layers.act(cin)  # pre-activation blocks leave the trunk unrectified
-    seq["pool3"] = layers.global_pool("mean")  # METHOD.md: global average pooling for every Resnet
+    seq["pool3"] = layers.global_pool("mean")  # docs/method.md: global average pooling for every Resnet
     seq["fc"] = layers.dense(cin, num_classes)
     return nn.Sequential(seq)
 
@@ -182,16 +210,17 @@ def _image(
     *,
     pool: str,
     inhibitor: bool,
+    init: str = "glorot",
 ) -> nn.Module:
     if len(input_shape) not in (2, 3):
         raise ConfigError(f"image topologies take (C, L) or (C, H, W) inputs; got input_shape {input_shape}")
     if min(input_shape[1:]) < 4:
         raise ConfigError(f"image topologies halve the input twice, so need >= 4 per spatial axis; got {input_shape}")
-    layers = _Layers(ndim=len(input_shape) - 1, pool=pool, inhibitor=inhibitor)
+    layers = _Layers(ndim=len(input_shape) - 1, pool=pool, inhibitor=inhibitor, init=init)
     return topology(layers, input_shape[0], num_classes)
 
 
-def _audio1d(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+def _audio1d(input_shape: tuple[int, ...], num_classes: int, init: str = "glorot") -> nn.Sequential:
     """The Bird10 net (paper section 3.2): raw signal ``(C, L)`` -> logits; dropout makes it
     stochastic in training mode, which the paper accepts for this model."""
     if len(input_shape) != 2:
@@ -209,25 +238,25 @@ def _audio1d(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     ))  # fmt: skip
     for name, layer in seq.named_children():
         if name.startswith(("conv", "fc")):
-            _kaiming_(layer, rectified_input=name != "conv1")
+            _init_(layer, name != "conv1", init)
     return seq
 
 
-def _mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+def _mlp(input_shape: tuple[int, ...], num_classes: int, init: str = "glorot") -> nn.Sequential:
     seq: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     fan_in = math.prod(input_shape)
     for i, width in enumerate(MLP_WIDTHS, start=1):
         seq[f"fc{i}"] = nn.Linear(fan_in, width)
-        _kaiming_(seq[f"fc{i}"], rectified_input=i > 1)
+        _init_(seq[f"fc{i}"], i > 1, init)
         seq[f"act{i}"] = nn.ReLU()
         fan_in = width
     seq["out"] = nn.Linear(fan_in, num_classes)
-    _kaiming_(seq["out"], rectified_input=True)
+    _init_(seq["out"], True, init)
     return nn.Sequential(seq)
 
 
 class _Spec(NamedTuple):
-    factory: Callable[[tuple[int, ...], int], nn.Module]
+    factory: Callable[..., nn.Module]  # (input_shape, num_classes, init=...)
     bias_free: bool
 
 
@@ -256,6 +285,9 @@ for _family, _topology in (("Small", _small_cnn), ("Large", _large_cnn)):
 for _depth, _width in ((2, 32), (3, 16)):
     for _pool in (*POOLS, None):
         _TOPOLOGIES.add(*_resnet(_depth, _width, _pool))
+for _pool in POOLS:
+    _TOPOLOGIES.add(f"ConvSmall{_pool}", _variant(_conv_small, _pool))
+_TOPOLOGIES.add("UConvSmall", _variant(_conv_small, None))
 _TOPOLOGIES.add("Audio1D", _Spec(_audio1d, bias_free=False))
 _TOPOLOGIES.add("MLP", _Spec(_mlp, bias_free=False))
 
@@ -292,7 +324,7 @@ def canonical(name: str) -> str:
     return _lookup(name)[0]
 
 
-def build(name: str, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+def build(name: str, input_shape: Sequence[int], num_classes: int, init: str = "glorot") -> nn.Module:
     """A freshly initialised network mapping ``(B, *input_shape)`` to ``(B, num_classes)`` logits.
 
     Raises UnknownNameError for an unknown name and ConfigError (a ValueError) for an input
@@ -300,7 +332,9 @@ def build(name: str, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1; got {num_classes}")
-    return _lookup(name)[1].factory(tuple(input_shape), num_classes)
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+    return _lookup(name)[1].factory(tuple(input_shape), num_classes, init=init)
 
 
 def is_bias_free(model: nn.Module) -> bool:

@@ -11,7 +11,7 @@ from invssl.inversion import reconstruct
 
 K = 7  # not 10, so a hard-wired class count would show
 IMAGE_NAMES = [n for n in models.names() if n not in ("Audio1D", "MLP")]
-U_NAMES = ["SmallUCNN", "LargeUCNN", "UResnet2-32", "UResnet3-16"]
+U_NAMES = ["SmallUCNN", "LargeUCNN", "UResnet2-32", "UResnet3-16", "UConvSmall"]
 SIGNAL_SHAPES = {"Audio1D": (1, 8000)}
 
 
@@ -123,10 +123,10 @@ def test_unknown_name_lists_valid_names_and_the_resnet_pattern():
     assert "ResnetD-W" in str(info.value)
 
 
-def test_names_are_the_paper_rows_then_audio_and_mlp():
+def test_names_are_the_paper_rows_then_convsmall_audio_and_mlp():
     names = models.names()
-    assert len(names) == len(set(names)) == 14
-    assert names[-2:] == ["Audio1D", "MLP"]
+    assert len(names) == len(set(names)) == 17
+    assert names[12:] == ["ConvSmallmean", "ConvSmallmax", "UConvSmall", "Audio1D", "MLP"]
     for depth, width in [(2, 32), (3, 16)]:
         assert {f"Resnet{depth}-{width}mean", f"Resnet{depth}-{width}max", f"UResnet{depth}-{width}"} <= set(names)
 
