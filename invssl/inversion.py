@@ -1,4 +1,4 @@
-"""The inverse of any classifier and the semi-supervised loss (METHOD.md sections 1-2).
+"""The inverse of any classifier and the semi-supervised loss (docs/method.md, sections 1-2).
 
 Pure functions over an ``nn.Module`` and tensors. A network built from affine layers and
 piecewise-linear ops is locally ``f(x) = A[x] x + b[x]``, so its inverse is
@@ -326,7 +326,7 @@ def _multiscale(model: nn.Module, x: Tensor, layers: Sequence[str]) -> tuple[Ten
 
 
 def reconstruct_layers(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
-    """Per-layer (multiscale) reconstructions ``grad_x 1/2 ||z_l(x)||^2`` (METHOD.md eq. 11).
+    """Per-layer (multiscale) reconstructions ``grad_x 1/2 ||z_l(x)||^2`` (docs/method.md, section 1).
 
     ``layers`` are names from ``model.named_modules()``; ``"output"`` names the logits. Each
     value has x's shape. Hooks are removed before returning.
@@ -396,7 +396,7 @@ def ssl_loss(
     distance: Distance = "mse",
     weighting: Weighting = "logits",
 ) -> LossTerms:
-    """``alpha*CE + (1-alpha)*(beta*R + (1-beta)*E)`` (METHOD.md section 2).
+    """``alpha*CE + (1-alpha)*(beta*R + (1-beta)*E)`` (docs/method.md, section 2).
 
     One forward over the labeled and unlabeled inputs together. R is taken over all inputs,
     E over the unlabeled ones. With ``layer_weights`` ({layer name or "output": gamma}) R is

@@ -44,7 +44,7 @@ PAPER_TOPOLOGIES: tuple[str, ...] = (
 SSL_LABELS: tuple[int, ...] = (50, 100)
 SUP_LABELS: tuple[int, ...] = (1000,)
 
-# Published MNIST test accuracies (%) known from the paper (METHOD.md section 4): (row, N_L, acc).
+# Published MNIST test accuracies (%) known from the paper (docs/method.md, "The experiments"): (row, N_L, acc).
 # The paper's own text keeps only its headline figure; the rest are its comparison rows.
 PUBLISHED: tuple[tuple[str, int, float], ...] = (
     ("Resnet2-32max (paper)", 50, 99.14),
@@ -256,8 +256,11 @@ def _select(candidates: pd.DataFrame, select_by: str, value: str,
     for gid, g in candidates.groupby("group", sort=False):
         sel_mean, _, sel_n = _stats(g[select_by]) if select_by in g else (math.nan, math.nan, 0)
         mean, std, n = _stats(g[value])
+        collapsed = int(pd.to_numeric(g["collapsed"], errors="coerce").fillna(0).astype(bool).sum()) \
+            if "collapsed" in g else 0
         groups.append({"group": gid, "alpha": g["alpha"].iloc[0] if "alpha" in g else None,
                        "beta": g["beta"].iloc[0] if "beta" in g else None,
+                       "lr": g["lr"].iloc[0] if "lr" in g else None, "collapsed": collapsed,
                        "select": sel_mean, "select_n": sel_n,
                        "mean": mean * scale, "std": std * scale, "n": n, "job_ids": list(g["id"])})
     scored = [g for g in groups if not math.isnan(g["select"])]
@@ -269,6 +272,8 @@ def _select(candidates: pd.DataFrame, select_by: str, value: str,
                                _order_key(g["alpha"]), _order_key(g["beta"]), g["group"]))
     best = dict(scored[0])
     best["candidates"] = len(groups)
+    # The rate is named only where the cell chose among several (a tuned baseline says so).
+    best["lr_varied"] = len({g["lr"] for g in groups}) > 1
     return best
 
 
@@ -286,9 +291,15 @@ def _cell_text(sel: Optional[dict[str, Any]], with_weights: bool) -> str:
     if sel["n"] == 0:
         return MISSING
     text = _fmt_acc(sel["mean"], sel["std"])
-    if with_weights:
-        text += f" ({_fmt_weight(sel['alpha'])}, {_fmt_weight(sel['beta'])})"
-    return f"{text} n={sel['n']}"
+    chosen = [_fmt_weight(sel["alpha"]), _fmt_weight(sel["beta"])] if with_weights else []
+    if sel.get("lr_varied"):
+        chosen.append(f"lr {sel['lr']:g}")
+    if chosen:
+        text += f" ({', '.join(chosen)})"
+    text += f" n={sel['n']}"
+    if sel.get("collapsed"):
+        text += f" COLLAPSED {sel['collapsed']}/{sel['n']}"
+    return text
 
 
 def _finished(df: pd.DataFrame) -> pd.DataFrame:
@@ -356,8 +367,8 @@ def mnist_cells(jobs: pd.DataFrame, dataset: Optional[str] = None) -> pd.DataFra
     (the selection criterion, %), candidates (configurations compared), job_ids.
     """
     jobs, _ = _mnist_jobs(jobs, dataset)
-    columns = ["topology", "column", "n_labeled", "supervised", "alpha", "beta", "mean", "std",
-               "n", "val_mean", "candidates", "job_ids"]
+    columns = ["topology", "column", "n_labeled", "supervised", "alpha", "beta", "lr", "mean",
+               "std", "n", "collapsed", "val_mean", "candidates", "job_ids"]
     records = []
     if not jobs.empty:
         for topology, col, n_l, supervised, sel in _mnist_selections(jobs):
@@ -365,8 +376,8 @@ def mnist_cells(jobs: pd.DataFrame, dataset: Optional[str] = None) -> pd.DataFra
                 continue
             records.append({
                 "topology": topology, "column": col, "n_labeled": n_l, "supervised": supervised,
-                "alpha": sel["alpha"], "beta": sel["beta"], "mean": sel["mean"], "std": sel["std"],
-                "n": sel["n"], "val_mean": sel["select"] * 100, "candidates": sel["candidates"],
+                "alpha": sel["alpha"], "beta": sel["beta"], "lr": sel["lr"], "mean": sel["mean"],
+                "std": sel["std"], "n": sel["n"], "collapsed": sel["collapsed"], "val_mean": sel["select"] * 100, "candidates": sel["candidates"],
                 "job_ids": sel["job_ids"],
             })
     return pd.DataFrame(records, columns=columns)

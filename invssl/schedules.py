@@ -1,4 +1,4 @@
-"""Loss weights that change during training, alpha(t) and beta(t) (METHOD.md eq. 13).
+"""Loss weights that change during training, alpha(t) and beta(t) (docs/method.md, section 2).
 
 A schedule is a small typed spec, e.g. ``{"kind": "ramp", "start": 0.0, "end": 0.5,
 "until": 10}``; a bare number is a constant. ``t`` counts epochs, fractional within an epoch

@@ -178,7 +178,7 @@ def test_reconstruct_layers_matches_per_layer_jacobians():
 
 
 def hand_loss(model, xl, yl, xu, alpha, beta):
-    """The loss written out from METHOD.md section 2 with an explicit Jacobian."""
+    """The loss written out from docs/method.md, section 2, with an explicit Jacobian."""
     x = torch.cat([xl, xu])
     f = model(x)
     J = per_example_jacobian(model, x)
