@@ -314,6 +314,11 @@ def status(db: Optional[str] = DbOpt) -> None:
     for job in queue.failed_jobs(engine):
         console.print(f"[red]failed[/] {job['key'][:10]} (attempts {job['attempts']}): {job['error']}",
                       highlight=False)
+    for job in queue.collapsed_jobs(engine):
+        stopped = " (stopped early)" if job["result"].get("stopped_collapsed") else ""
+        console.print(f"[yellow]collapsed[/] {job['key'][:10]} {job['label']}: predictions "
+                      f"entropy {job['result'].get('pred_entropy', 0):.2f} after epoch "
+                      f"{job['epochs_done']}{stopped}", highlight=False)
 
 
 @app.command()
@@ -334,9 +339,13 @@ def show(job: str = typer.Argument(..., help="Job key (a unique prefix) or numer
         console.print(f"[red]error:[/] {info['error']}", highlight=False)
     console.print("config: " + json.dumps(info["config"], sort_keys=True), highlight=False)
     console.print("environment: " + json.dumps(info.get("env") or {}, sort_keys=True), highlight=False)
-    rows = queue.job_epochs(engine, info["id"])
+    rows = [{**r, **(r.get("extra") or {})} for r in queue.job_epochs(engine, info["id"])]
+    if (info.get("result") or {}).get("collapsed"):
+        console.print("[yellow]collapsed:[/] the network predicts few classes or has a silent "
+                      "layer (pred_entropy, dead_units below)", highlight=False)
     if rows:
-        cols = ["epoch", "loss", "ce", "recon", "entropy", "val_acc", "test_acc", "recon_err", "lr", "wall_s"]
+        cols = ["epoch", "loss", "ce", "recon", "entropy", "val_acc", "test_acc", "recon_err",
+                "pred_entropy", "dead_units", "collapsed", "lr", "wall_s"]
         table = Table(title="epochs")
         for c in cols:
             table.add_column(c, justify="right")

@@ -28,6 +28,8 @@ from invssl.errors import ConfigError, DataError
 from invssl.registry import Registry
 
 __all__ = [
+    "SCALINGS",
+    "scale_inputs",
     "Dataset",
     "DatasetInfo",
     "Split",
@@ -168,6 +170,30 @@ def _normalised(
     for x in (x_train, x_test):
         x.sub_(mean.view(shape)).div_(std.view(shape))
     return x_train, x_test, (tuple(mean.tolist()), tuple(std.tolist()))
+
+
+SCALINGS: tuple[str, ...] = ("unit", "standardize", "per_input")
+
+
+def scale_inputs(x: Tensor, norm: tuple[tuple[float, ...], tuple[float, ...]], how: str) -> Tensor:
+    """Inputs as a job asks for them, from the loaders' per-channel standardised ones.
+
+    ``standardize``: as loaded (training-set mean 0, std 1 per channel). ``unit``: the source's
+    own scale, the standardisation undone (pixels in [0, 1]). ``per_input``: each input shifted
+    and scaled to mean 0, std 1 over all its values. A new tensor; ``x`` is left as it is.
+    """
+    if how == "standardize":
+        return x.clone()
+    if how not in SCALINGS:
+        raise ConfigError(f"unknown input_scaling {how!r}; valid: {', '.join(SCALINGS)}")
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    mean, std = (torch.tensor(v, dtype=x.dtype).view(shape) for v in norm)
+    raw = x * std + mean  # (N, C, *S)
+    if how == "unit":
+        return raw
+    dims = tuple(range(1, x.dim()))
+    std_i, mean_i = torch.std_mean(raw, dim=dims, keepdim=True, correction=0)
+    return (raw - mean_i) / torch.where(std_i > 0, std_i, torch.ones_like(std_i))
 
 
 # ---------------------------------------------------------------------------------------------

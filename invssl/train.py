@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Optional
 
@@ -27,6 +27,7 @@ from invssl import data as datasets
 from invssl import models
 from invssl.config import JobConfig
 from invssl.errors import JobError
+from invssl.health import health, tracking_dead_units
 from invssl.inversion import distance_per_input, reconstruct, ssl_loss
 from invssl.schedules import make_schedule
 
@@ -108,14 +109,19 @@ class Prepared:
 
 
 @lru_cache(maxsize=2)
-def _load_dataset(name: str, root: Optional[str], download: bool, params: str) -> datasets.Dataset:
-    # Jobs of one sweep share their dataset: load it once per process.
-    return datasets.load(name, root=root, download=download, **json.loads(params))
+def _load_dataset(name: str, root: Optional[str], download: bool, params: str,
+                  scaling: str) -> datasets.Dataset:
+    # Jobs of one sweep share their dataset: load and scale it once per process.
+    ds = datasets.load(name, root=root, download=download, **json.loads(params))
+    if scaling == "standardize":
+        return ds
+    return replace(ds, x_train=datasets.scale_inputs(ds.x_train, ds.norm, scaling),
+                   x_test=datasets.scale_inputs(ds.x_test, ds.norm, scaling))
 
 
 def prepare(config: JobConfig, device: torch.device) -> Prepared:
     ds = _load_dataset(config.dataset, config.data_root, config.download,
-                       json.dumps(config.data_params, sort_keys=True))
+                       json.dumps(config.data_params, sort_keys=True), config.input_scaling)
     split = datasets.make_split(ds.y_train.numpy(), config.n_labeled, config.seed,
                                 n_val=config.val_size,
                                 groups=None if ds.groups_train is None else ds.groups_train.numpy())
@@ -160,9 +166,17 @@ def evaluate(model: nn.Module, prep: Prepared, distance: str, autocast: Any) -> 
     model.eval()
     out: dict[str, float] = {}
     with autocast():
+        # Health is measured where selection looks: the validation inputs (the test inputs when
+        # there is no validation split).
+        health_on = "val_acc" if len(prep.x_val) else "test_acc"
         for name, x, y in (("val_acc", prep.x_val, prep.y_val), ("test_acc", prep.x_test, prep.y_test)):
             if len(x):
-                logits = _predict(model, x)
+                if name == health_on:
+                    with tracking_dead_units(model) as tracker:
+                        logits = _predict(model, x)
+                    out.update(health(logits.argmax(1), prep.info.num_classes, tracker))
+                else:
+                    logits = _predict(model, x)
                 out[name] = (logits.argmax(1) == y).float().mean().item()
                 if name == "test_acc" and prep.groups_test is not None:
                     out["test_acc_recording"] = datasets.per_group_accuracy(
@@ -187,6 +201,25 @@ class EpochReport:
     checkpoint: bytes
 
 
+def lr_factor(config: JobConfig, n_steps: int) -> Callable[[int], float]:
+    """Step -> multiplier of ``config.lr``: linear warm-up over ``lr_warmup`` epochs, times the
+    decay (cosine to 0 over the run, or a step schedule of factors by epoch)."""
+    total = n_steps * config.epochs
+    warm = config.lr_warmup * n_steps
+    decay = config.lr_decay
+    step_factor = None if isinstance(decay, str) else make_schedule(decay)
+
+    def factor(s: int) -> float:
+        f = min(1.0, (s + 1) / warm) if warm else 1.0
+        if decay == "cosine":
+            f *= 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        elif step_factor is not None:
+            f *= step_factor(s / n_steps)
+        return f
+
+    return factor
+
+
 class _State:
     """Everything a checkpoint must carry to continue the job bit for bit."""
 
@@ -194,10 +227,7 @@ class _State:
         self.model = model
         self.device = device
         self.opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-        total = n_steps * config.epochs
-        decay = (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) \
-            if config.lr_decay == "cosine" else (lambda s: 1.0)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(config, n_steps))
         self.gen = torch.Generator().manual_seed(config.seed + 1)
         self.epoch = 0  # epochs finished
         self.step = 0  # steps finished within the current epoch
@@ -205,6 +235,7 @@ class _State:
         self.unl_order = torch.zeros(0, dtype=torch.long)
         self.sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)
         self.seconds = 0.0  # training wall time of the current epoch before an interruption
+        self.collapsed_epochs = 0  # consecutive epochs that ended collapsed
 
     def to_bytes(self) -> bytes:
         rng = {"cpu": torch.get_rng_state()}
@@ -216,6 +247,7 @@ class _State:
             "sched": self.sched.state_dict(), "gen": self.gen.get_state(), "rng": rng,
             "epoch": self.epoch, "step": self.step, "lab_order": self.lab_order,
             "unl_order": self.unl_order, "sums": self.sums.cpu(), "seconds": self.seconds,
+            "collapsed_epochs": self.collapsed_epochs,
         }
         buf = io.BytesIO()
         torch.save(blob, buf)
@@ -234,12 +266,13 @@ class _State:
         self.lab_order, self.unl_order = blob["lab_order"].cpu(), blob["unl_order"].cpu()
         self.sums = blob["sums"].to(device)
         self.seconds = float(blob["seconds"])
+        self.collapsed_epochs = int(blob.get("collapsed_epochs", 0))
 
 
 def load_model(config: JobConfig, checkpoint: bytes, device: str | torch.device = "cpu") -> nn.Module:
     """The trained network stored in a checkpoint, in eval mode."""
     info = datasets.info(config.dataset, root=config.data_root, **config.data_params)
-    model = models.build(config.topology, info.input_shape, info.num_classes)
+    model = models.build(config.topology, info.input_shape, info.num_classes, init=config.init)
     blob = torch.load(io.BytesIO(checkpoint), map_location=device, weights_only=True)
     model.load_state_dict(blob["model"])
     return model.to(device).eval()
@@ -272,7 +305,8 @@ def train(
     prep = prepare(config, dev)
     if on_prepared:
         on_prepared(prep)
-    model = models.build(config.topology, prep.info.input_shape, prep.info.num_classes).to(dev)
+    model = models.build(config.topology, prep.info.input_shape, prep.info.num_classes,
+                         init=config.init).to(dev)
     n_steps = steps_per_epoch(config, len(prep.x_unl))
     state = _State(config, model, dev, n_steps)
     if checkpoint is not None:
@@ -287,7 +321,8 @@ def train(
     bu = config.batch_unlabeled
     last: dict[str, float] = {}
     model.train()
-    while state.epoch < config.epochs:
+    patience = config.collapse_patience
+    while state.epoch < config.epochs and not (patience and state.collapsed_epochs >= patience):
         if state.step == 0:
             state.lab_order = _index_stream(len(prep.x_lab), n_steps * bl, state.gen)
             state.unl_order = _index_stream(len(prep.x_unl), n_steps * bu, state.gen)
@@ -329,6 +364,9 @@ def train(
         last["wall_s"] = seconds
         state.epoch += 1
         state.step = 0
+        state.collapsed_epochs = state.collapsed_epochs + 1 if last.get("collapsed") else 0
+        if patience and state.collapsed_epochs >= patience and state.epoch < config.epochs:
+            last["stopped_collapsed"] = 1.0
         if on_epoch:
             on_epoch(EpochReport(state.epoch, dict(last), state.to_bytes()))
     return last, None

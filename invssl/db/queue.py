@@ -286,6 +286,16 @@ def failed_jobs(engine: Engine) -> list[dict[str, Any]]:
     return [{**row._asdict(), "label": _label(row)} for row in rows]
 
 
+def collapsed_jobs(engine: Engine) -> list[dict[str, Any]]:
+    """Finished jobs whose network had collapsed at its last epoch (``health.py``)."""
+    with read_connection(engine) as conn:
+        rows = conn.execute(select(Job.id, Job.key, Job.topology, Job.dataset, Job.n_labeled,
+                                   Job.seed, Job.epochs_done, Job.result)
+                            .where(Job.status == "done").order_by(Job.id)).all()
+    return [{**row._asdict(), "label": _label(row)} for row in rows
+            if (row.result or {}).get("collapsed")]
+
+
 def get_job(engine: Engine, key_prefix_or_id: Union[str, int]) -> dict[str, Any]:
     """One job with every column and its sweeps' names, by numeric id or unique key prefix.
 
