@@ -536,6 +536,9 @@ def pivot(jobs: pd.DataFrame, rows: str | Sequence[str], cols: str | Sequence[st
                 rec[name] = f"{_fmt_acc(mean * scale, std * scale)} ({n})"
             else:
                 rec[name] = (f"{mean:.4g}" if math.isnan(std) else f"{mean:.4g} {PM} {std:.2g}") + f" ({n})"
+            if n and "collapsed" in jobs:
+                dead = int(pd.to_numeric(jobs.loc[mask, "collapsed"], errors="coerce").fillna(0).astype(bool).sum())
+                rec[name] += f" COLLAPSED {dead}/{n}" if dead else ""
         records.append(rec)
     table = pd.DataFrame(records, columns=[*rows, *col_names])
     unit = " (%)" if scale == 100.0 else ""

@@ -328,3 +328,31 @@ def test_reconstruct_a_really_trained_tiny_job(tmp_path):
     assert str(out) in proc.stdout
     width, height = plots.png_size(plots.reconstruction_size((1, 400), 4))
     assert _png_size(out) == (width, height) == (1200, 410)
+
+
+def test_a_tuned_baseline_names_its_rate_and_a_collapsed_cell_says_so(tmp_path):
+    url = f"sqlite:///{tmp_path / 'tuned.db'}"
+    engine = open_engine(url)
+    sweep_id = queue.ensure_sweep(engine, "tuned", {"name": "tuned"})
+    # Supervised at 100 labels with three rates: 0.003 wins on validation, 0.01 on test.
+    # The 0.01 runs collapsed (one class predicted) on one seed of two.
+    plan, configs = {}, []
+    for lr, seed, val, test, collapsed in [(0.001, 0, 0.80, 0.81, 0), (0.001, 1, 0.82, 0.80, 0),
+                                           (0.003, 0, 0.86, 0.85, 0), (0.003, 1, 0.88, 0.86, 0),
+                                           (0.01, 0, 0.10, 0.98, 1), (0.01, 1, 0.84, 0.99, 0)]:
+        config = _cfg("ConvSmallmax", 100, 1.0, 0.0, seed, lr=lr)
+        epochs = _epoch_metrics(val, test)
+        epochs[-1] = {**epochs[-1], "collapsed": float(collapsed), "pred_entropy": 0.0 if collapsed else 0.99}
+        plan[config.key] = (epochs, epochs[-1], None)
+        configs.append(config)
+    _enqueue(engine, sweep_id, configs)
+    _run_all(engine, sweep_id, plan)
+    jobs = report.load_jobs(engine, "tuned")
+    table = report.mnist_table(jobs).set_index("topology")
+    assert table.loc["ConvSmallmax", "Sup100"] == "85.50 ± 0.71 (lr 0.003) n=2"
+    cells = report.mnist_cells(jobs).set_index(["topology", "column"])
+    assert cells.loc[("ConvSmallmax", "Sup100"), "candidates"] == 3
+    grid = report.pivot(jobs, rows="lr", cols="alpha").set_index("lr")
+    assert grid.loc["0.01", "alpha=1"] == "98.50 ± 0.71 (2) COLLAPSED 1/2"
+    assert grid.loc["0.003", "alpha=1"] == "85.50 ± 0.71 (2)"
+    engine.dispose()
