@@ -288,6 +288,10 @@ def train(
     last: dict[str, float] = {}
     model.train()
     while state.epoch < config.epochs:
+        # Between epochs the stop is checked before the next epoch's batch order is drawn: a
+        # checkpoint at step 0 must not hold a generator already advanced past that draw.
+        if state.step == 0 and should_stop():
+            return last, state.to_bytes()
         if state.step == 0:
             state.lab_order = _index_stream(len(prep.x_lab), n_steps * bl, state.gen)
             state.unl_order = _index_stream(len(prep.x_unl), n_steps * bu, state.gen)
@@ -296,7 +300,7 @@ def train(
         started = time.perf_counter()
         history = []
         while state.step < n_steps:
-            if should_stop():
+            if state.step > 0 and should_stop():  # step 0: checked above, before the draw
                 state.seconds += time.perf_counter() - started
                 return last, state.to_bytes()
             s = state.step
