@@ -203,9 +203,27 @@ def load_checkpoint(engine: Engine, job_id: int) -> Optional[tuple[int, bytes]]:
 
 
 def finish(engine: Engine, job_id: int, attempt: int, result: dict[str, Any]) -> None:
+    """Mark the job done with ``result``, its final epoch's metrics.
+
+    A job resumed from the checkpoint of its last epoch (its worker died before this call)
+    trains nothing and has no metrics in hand: its result is rebuilt from that epoch's row, so
+    a done job never stores an empty result.
+    """
     with engine.begin() as conn:
+        if not result:
+            result = _recorded_result(conn, job_id)
         _guarded(conn, job_id, attempt, status="done", result=result, error=None,
                  finished_at=_now(conn))
+
+
+def _recorded_result(conn: Connection, job_id: int) -> dict[str, Any]:
+    columns = [getattr(Epoch, k) for k in EPOCH_METRICS]
+    row = conn.execute(select(*columns, Epoch.extra).join(Job, Job.id == Epoch.job_id)
+                       .where(Epoch.job_id == job_id, Epoch.epoch == Job.epochs_done)).one_or_none()
+    if row is None:
+        raise InvsslError(f"job {job_id} finished without a recorded epoch to take its result from")
+    result = {k: getattr(row, k) for k in EPOCH_METRICS if getattr(row, k) is not None}
+    return {**result, **(row.extra or {})}
 
 
 def fail(engine: Engine, job_id: int, attempt: int, error: str) -> None:
