@@ -222,7 +222,7 @@ class _State:
         return buf.getvalue()
 
     def load(self, raw: bytes, device: torch.device) -> None:
-        blob = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
+        blob = _read_checkpoint(raw, device)
         self.model.load_state_dict(blob["model"])
         self.opt.load_state_dict(blob["opt"])
         self.sched.load_state_dict(blob["sched"])
@@ -236,12 +236,22 @@ class _State:
         self.seconds = float(blob["seconds"])
 
 
+def _read_checkpoint(raw: bytes, device: str | torch.device) -> dict[str, Any]:
+    try:
+        blob = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
+    except Exception as exc:  # damaged bytes surface as pickle, zip, EOF or index errors
+        raise JobError(f"the stored checkpoint is damaged and cannot be read "
+                       f"({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or "model" not in blob:
+        raise JobError("the stored checkpoint is damaged: it holds no model")
+    return blob
+
+
 def load_model(config: JobConfig, checkpoint: bytes, device: str | torch.device = "cpu") -> nn.Module:
     """The trained network stored in a checkpoint, in eval mode."""
     info = datasets.info(config.dataset, root=config.data_root, **config.data_params)
     model = models.build(config.topology, info.input_shape, info.num_classes)
-    blob = torch.load(io.BytesIO(checkpoint), map_location=device, weights_only=True)
-    model.load_state_dict(blob["model"])
+    model.load_state_dict(_read_checkpoint(checkpoint, device)["model"])
     return model.to(device).eval()
 
 
