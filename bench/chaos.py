@@ -70,12 +70,12 @@ def main() -> None:
     url = resolve_url(args.db)
     rng = random.Random(args.seed)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    work = Path(tempfile.mkdtemp(prefix="invssl-chaos-"))
-    grid = work / "chaos.yaml"
-    grid.write_text(GRID.format(samples=args.num_samples, epochs=args.epochs, steps=args.steps,
-                                seeds=list(range(args.jobs))))
-    subprocess.run(cli("sweep", str(grid), "--enqueue-only", url=url), env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory(prefix="invssl-chaos-") as work:
+        grid = Path(work) / "chaos.yaml"
+        grid.write_text(GRID.format(samples=args.num_samples, epochs=args.epochs, steps=args.steps,
+                                    seeds=list(range(args.jobs))))
+        subprocess.run(cli("sweep", str(grid), "--enqueue-only", url=url), env=env, check=True,
+                       stdout=subprocess.DEVNULL)
     engine = open_engine(url)
     # A short heartbeat and grace: killed workers' jobs are taken over within seconds.
     worker_cmd = cli("worker", "--quiet", "--heartbeat", "0.5", "--stale-after", "5", url=url)
