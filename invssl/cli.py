@@ -78,87 +78,31 @@ def _results_engine(db: Optional[str]) -> Any:
 
 
 # ---------------------------------------------------------------- sweep / worker / resume
-class _LiveProgress:
-    """Overall jobs and the current job's epoch, with its latest accuracy."""
-
-    def __init__(self, total_jobs: int) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, transient=False)
-        self.jobs = self.progress.add_task("jobs", total=total_jobs)
-        self.job = self.progress.add_task("", total=1, visible=False)
-        self.label = ""
-
-    def events(self) -> Any:
-        from invssl.runner import WorkerEvents
-
-        return WorkerEvents(job_started=self._started, step=self._step, epoch=self._epoch,
-                            job_ended=self._ended)
-
-    def _started(self, claim: Any, cfg: Any) -> None:
-        self.label = cfg.label()
-        self.progress.reset(self.job, total=None, visible=True,
-                            description=f"  {cfg.label()} epoch {claim.epochs_done + 1}/{cfg.epochs}")
-
-    def _step(self, step: int, total: int) -> None:
-        self.progress.update(self.job, completed=step, total=total)
-
-    def _epoch(self, cfg: Any, rep: Any) -> None:
-        acc = " ".join(f"{k}={rep.metrics[k]:.2%}" for k in ("val_acc", "test_acc") if k in rep.metrics)
-        nxt = min(rep.epoch + 1, cfg.epochs)
-        self.progress.update(self.job, description=f"  {cfg.label()} epoch {nxt}/{cfg.epochs} ({acc})")
-
-    def _ended(self, claim: Any, status: str, message: str) -> None:
-        self.progress.advance(self.jobs)
-        style = {"done": "green", "failed": "red"}.get(status, "yellow")
-        # A failure's message already names the job.
-        what = message if status == "failed" else f"{self.label}: {message}"
-        self.progress.console.print(f"[{style}]{status}[/] {claim.key[:10]} {what}", highlight=False)
-
-
 def _run_local_worker(db: Optional[str], device: Optional[str], data_root: Optional[str],
                       sweep_id: Optional[int], total: int, quiet: bool, forever: bool = False,
-                      stale_after: float = 120.0, heartbeat: float = 10.0) -> Any:
+                      stale_after: float = 120.0, heartbeat: float = 10.0, engine: Any = None) -> Any:
     from invssl.runner import Worker
 
-    live = None if quiet else _LiveProgress(total)
+    from invssl.progress import LiveProgress
+
+    live = None if quiet else LiveProgress(console, total)
     worker = Worker(_url(db), device=device, data_root=data_root, stale_after_s=stale_after,
-                    heartbeat_s=heartbeat, events=live.events() if live else None)
+                    heartbeat_s=heartbeat, events=live.events() if live else None, engine=engine)
     if live is None:
         return worker.run(sweep_id=sweep_id, forever=forever)
     with live.progress:
         return worker.run(sweep_id=sweep_id, forever=forever)
 
 
-def _run_spawned(db: Optional[str], n: int, devices: list[str], sweep_id: int, sweep_name: str,
-                 data_root: Optional[str], total: int) -> None:
-    import time as _time
+def _run_spawned(engine: Any, db: Optional[str], n: int, devices: list[str], sweep_id: int,
+                 sweep_name: str, data_root: Optional[str], total: int) -> Any:
+    from invssl.pool import run_pool
+    from invssl.progress import jobs_bar
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from invssl.runner import spawn_workers, sweep_counts
-
-    procs = spawn_workers(_url(db), n, devices, sweep_id=sweep_id, data_root=data_root)
     console.print(f"started {n} workers" + (f" on {', '.join(devices)}" if devices else ""))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("jobs", total=total)
-        start = sweep_counts(db, sweep_name)
-        try:
-            while any(p.poll() is None for p in procs):
-                _time.sleep(1.0)
-                now = sweep_counts(db, sweep_name)
-                progress.update(task, completed=(now["done"] + now["failed"])
-                                - (start["done"] + start["failed"]))
-        except KeyboardInterrupt:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
-            raise
+    with jobs_bar(console, engine, sweep_name, total) as poll:
+        return run_pool(engine, _url(db), n, devices, sweep_id=sweep_id, data_root=data_root,
+                        on_poll=poll)
 
 
 @app.command()
@@ -174,7 +118,11 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="With --dry-run: estimate from recorded epoch times only; time no training steps."),
 ) -> None:
-    """Expand an experiment grid into jobs and run them; finished jobs are skipped."""
+    """Expand an experiment grid into jobs and run them; finished jobs are skipped.
+
+    Ctrl-C or SIGTERM: every worker checkpoints its job and hands it back; exit status 130
+    after Ctrl-C, 0 after SIGTERM.
+    """
     from invssl import runner
 
     if dry_run:
@@ -196,30 +144,50 @@ def sweep(
                   f"{enq.existing} already known) in {_masked(db)}", highlight=False)
     if enqueue_only:
         return
-    engine_url = _url(db)
     from invssl.db.session import open_engine
 
-    runner.reap(open_engine(engine_url))
-    counts = runner.sweep_counts(db, enq.name)
-    todo = counts["pending"] + counts["running"]
-    devs = devices.split(",") if devices else ([device] if device else runner.default_devices())
-    n = workers or max(1, len(devs))
-    if todo == 0:
-        console.print("nothing to do: every job of this sweep has finished")
-    elif n == 1:
-        _run_local_worker(db, devs[0] if devs else None, data_root, enq.sweep_id, todo, quiet)
-    else:
-        _run_spawned(db, n, devs, enq.sweep_id, enq.name, data_root, todo)
-    _finish(runner.sweep_counts(db, enq.name), enq.name)
+    engine = open_engine(_url(db))
+    try:
+        runner.reap(engine)
+        counts = runner.sweep_counts(engine, enq.name)
+        todo = counts["pending"] + counts["running"]
+        devs = devices.split(",") if devices else ([device] if device else runner.default_devices())
+        n = workers or max(1, len(devs))
+        stopped_by, died = None, []
+        if todo == 0:
+            console.print("nothing to do: every job of this sweep has finished")
+        elif n == 1:
+            stopped_by = _run_local_worker(db, devs[0] if devs else None, data_root, enq.sweep_id,
+                                           todo, quiet, engine=engine).stopped_by
+        else:
+            pool = _run_spawned(engine, db, n, devs, enq.sweep_id, enq.name, data_root, todo)
+            stopped_by, died = pool.stopped_by, pool.died
+        _finish(runner.sweep_counts(engine, enq.name), enq.name, stopped_by, died)
+    finally:
+        engine.dispose()
 
 
-def _finish(counts: Any, name: str) -> None:
+def _finish(counts: Any, name: str, stopped_by: Optional[int], died: list[str]) -> None:
     line = ", ".join(f"{counts[s]} {s}" for s in ("done", "failed", "pending", "running") if counts[s])
     console.print(f"sweep [bold]{name}[/]: {line or 'no jobs'}", highlight=False)
+    for what in died:
+        err_console.print(f"[red]worker died:[/] {what}", highlight=False)
+    _exit_if_interrupted(stopped_by)
     if counts["failed"]:
         err_console.print("some jobs failed: `invssl status` shows why; "
                           "`invssl resume --retry-failed` runs them again")
         raise typer.Exit(1)
+    if died and counts["pending"] + counts["running"]:
+        err_console.print("jobs are left: `invssl resume` runs them")
+        raise typer.Exit(1)
+
+
+def _exit_if_interrupted(stopped_by: Optional[int]) -> None:
+    """Ctrl-C exits 130 as shells expect; SIGTERM is an orderly stop (a scheduler's), exit 0."""
+    import signal
+
+    if stopped_by == signal.SIGINT:
+        raise typer.Exit(130)
 
 
 def _print_plan(plan: Any, where: str) -> None:
@@ -250,7 +218,7 @@ def worker(
 
     Point every machine's workers at one PostgreSQL URL to share a sweep (SQLite is for one
     machine). SIGTERM or Ctrl-C: the epoch in progress is checkpointed, the job handed back
-    for resume, exit status 0.
+    for resume; exit status 0 after SIGTERM, 130 after Ctrl-C.
     """
     from invssl import runner
 
@@ -259,6 +227,7 @@ def worker(
                                 stale_after=stale_after, heartbeat=heartbeat)
     console.print(f"worker: {summary.done} done, {summary.failed} failed, "
                   f"{summary.released} handed back", highlight=False)
+    _exit_if_interrupted(summary.stopped_by)
 
 
 @app.command()
@@ -284,7 +253,9 @@ def resume(
     console.print(f"resume: {len(reaped)} interrupted, {retried} failed requeued, "
                   f"{counts.get('pending', 0)} pending")
     if counts.get("pending", 0):
-        _run_local_worker(db, device, data_root, None, counts["pending"], quiet)
+        summary = _run_local_worker(db, device, data_root, None, counts["pending"], quiet,
+                                    engine=engine)
+        _exit_if_interrupted(summary.stopped_by)
     counts = queue.status_counts(engine)
     if counts.get("failed", 0) and retry_failed:
         raise typer.Exit(1)
