@@ -35,7 +35,8 @@ from invssl.db.session import mask_url, open_engine, resolve_url
 GRID = """
 name: chaos
 data: {{dataset: mnist1d, val_size: 100, params: {{num_samples: {samples}}}}}
-train: {{epochs: {epochs}, steps_per_epoch: {steps}, batch_labeled: 10, batch_unlabeled: 32}}
+train: {{epochs: {epochs}, steps_per_epoch: {steps}, batch_labeled: 10, batch_unlabeled: 32,
+        collapse_patience: 0}}
 grid: {{topology: [MLP], n_labeled: [50], alpha: [0.5], seed: {seeds}}}
 """
 

@@ -15,7 +15,8 @@ from invssl.db.session import open_engine
 GRID = """
 name: stop
 data: {dataset: chirps, val_size: 20, params: {n_train: 100, n_test: 20, sample_rate: 1000, duration_ms: 50}}
-train: {epochs: EPOCHS, steps_per_epoch: 40, batch_labeled: 10, batch_unlabeled: 40}
+train: {epochs: EPOCHS, steps_per_epoch: 40, batch_labeled: 10, batch_unlabeled: 40,
+        collapse_patience: 0}  # this tiny MLP predicts one class: it must run on anyway
 grid: {topology: [MLP], n_labeled: [10], alpha: [0.5], seed: SEEDS}
 """
 
