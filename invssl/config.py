@@ -46,7 +46,7 @@ class JobConfig(BaseModel):
     epochs: int = Field(default=10, ge=1)
     lr: float = Field(default=0.003, gt=0)
     # The training recipe (docs/method.md, "The recipe"): defaults are what won the MNIST probes.
-    input_scaling: InputScaling = "unit"
+    input_scaling: InputScaling = "standardize"
     init: Init = "glorot"
     lr_warmup: float = Field(default=0.0, ge=0)  # epochs of linear warm-up from 0 to lr
     lr_decay: Union[Literal["none", "cosine"], Step] = "cosine"  # Step: factors of lr by epoch

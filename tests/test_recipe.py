@@ -32,7 +32,7 @@ STEP_DECAY = {"kind": "step", "values": [1.0, 0.5, 0.1], "at": [1, 2]}
 
 
 @pytest.mark.parametrize("field, value", [
-    ("input_scaling", "standardize"), ("input_scaling", "per_input"), ("init", "kaiming"),
+    ("input_scaling", "unit"), ("input_scaling", "per_input"), ("init", "kaiming"),
     ("lr_warmup", 0.5), ("lr_decay", "none"), ("lr_decay", STEP_DECAY),
     ("collapse_patience", 0), ("lr", 0.01), ("topology", "ConvSmallmean"),
 ])
@@ -46,7 +46,7 @@ def test_each_recipe_knob_changes_the_job_key(field, value):
 
 def test_the_default_recipe():
     job = JobConfig(**BASE)
-    assert (job.input_scaling, job.init, job.lr_decay, job.lr_warmup) == ("unit", "glorot", "cosine", 0.0)
+    assert (job.input_scaling, job.init, job.lr_decay, job.lr_warmup) == ("standardize", "glorot", "cosine", 0.0)
 
 
 def test_unknown_knob_values_are_refused_by_name():
@@ -162,8 +162,11 @@ def test_a_collapsed_run_is_flagged_and_stops_early():
     train(config.model_copy(update={"collapse_patience": 0, "epochs": 3}), device="cpu",
           on_epoch=unstopped.append)
     assert len(unstopped) == 3 and "stopped_collapsed" not in unstopped[-1].metrics
+    # A network that learns (MNIST-1D, 200 labels, supervised) uses every class.
     healthy = []
-    train(JobConfig(**{**BASE, "lr": 0.003}), device="cpu", on_epoch=healthy.append)
+    train(JobConfig(topology="MLP", dataset="mnist1d", data_params={"num_samples": 2000},
+                    val_size=200, n_labeled=200, epochs=2, batch_labeled=32, alpha=1.0),
+          device="cpu", on_epoch=healthy.append)
     assert all(r.metrics["collapsed"] == 0.0 for r in healthy)
     assert all(0.0 <= r.metrics["dead_units"] < 1.0 for r in healthy)
 

@@ -1,8 +1,9 @@
 """Jobs stored before the training recipe became configurable get the recipe they ran with.
 
 Input scaling, initialisation, learning-rate warm-up and collapse patience joined the job
-config with new defaults (pixels in [0, 1], Glorot). A job stored earlier ran with standardised
-inputs, Kaiming initialisation, no warm-up and no early stop, so those values are written into
+config, some with new defaults (Glorot, a stop after two collapsed epochs). A job stored
+earlier ran with standardised inputs, Kaiming initialisation, no warm-up and no early stop, so
+those values are written into
 its stored config, and its key, the sha256 of that config without the runtime fields, is
 computed again: reading the job back then gives the config it really ran, and running its
 experiment file again finds it under the same key as a new job with that recipe would have.
