@@ -69,10 +69,8 @@ INITS: tuple[str, ...] = ("glorot", "kaiming")
 def _init_(layer: nn.Conv1d | nn.Conv2d | nn.Linear, rectified_input: bool, init: str) -> None:
     """Zero biases and either Glorot-uniform or Kaiming-normal weights.
 
-    ``glorot`` (Lasagne's default, and the paper's authors' code) balances fan-in and fan-out;
-    with pixels in [0, 1] it trains the MNIST nets at the paper's rates where Kaiming's larger
-    first-layer weights, on standardised inputs, killed them (docs/method.md, "The recipe").
-    ``kaiming`` preserves the forward variance: ReLU and channel winner-take-all both keep half
+    ``glorot`` (Lasagne's default, and the paper's authors' code) balances fan-in and fan-out
+    (docs/method.md, section 5). ``kaiming`` preserves the forward variance: ReLU and channel winner-take-all both keep half
     the second moment of a symmetric input, so gain sqrt(2) suits both; layers that read the raw
     input or the residual trunk (not rectified) get gain 1.
     """
