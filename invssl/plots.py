@@ -15,7 +15,8 @@ from typing import Any, Optional
 import pandas as pd
 
 from invssl.errors import ConfigError, DataError
-from invssl.report import _fmt_weight, _order_key, _select
+from invssl.frames import fmt_weight, order_key
+from invssl.selection import select
 
 DPI = 100
 # Figure sizes in inches.
@@ -124,8 +125,8 @@ def metric_vs_field(jobs: pd.DataFrame, x: str, y: str, path: str | Path,
         by = [f for f in ("topology", "dataset", "n_labeled") if f in jobs.columns
               and f != x and jobs[f].nunique() > 1] or [f for f in ("topology",) if f in jobs.columns]
     by = list(by)
-    xs = sorted(dict.fromkeys(jobs[x]), key=_order_key)
-    numeric = all(_order_key(v)[0] == 0 for v in xs)
+    xs = sorted(dict.fromkeys(jobs[x]), key=order_key)
+    numeric = all(order_key(v)[0] == 0 for v in xs)
     pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(xs)}
     scale = 100.0 if y.endswith("_acc") else 1.0
     fig = _figure(METRIC_SIZE)
@@ -135,13 +136,13 @@ def metric_vs_field(jobs: pd.DataFrame, x: str, y: str, path: str | Path,
         key = key if isinstance(key, tuple) else (key,)
         points = []
         for v in xs:
-            sel = _select(g[g[x] == v], "val_acc", y, scale=scale)
+            sel = select(g[g[x] == v], "val_acc", y, scale=scale)
             if sel is not None and not sel.get("unselected") and sel["n"]:
                 points.append((pos[v], sel["mean"], 0.0 if math.isnan(sel["std"]) else sel["std"]))
         if not points:
             continue
         px, py, pe = zip(*points)
-        label = ", ".join(k if isinstance(k, str) else f"{f}={_fmt_weight(float(k))}"
+        label = ", ".join(k if isinstance(k, str) else f"{f}={fmt_weight(float(k))}"
                           for f, k in zip(by, key)) or y
         ax.errorbar(px, py, yerr=pe, marker="o", capsize=3, color=f"C{i % 10}", label=label)
     if not numeric:
