@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -108,6 +108,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.signum: Optional[int] = None  # the first signal received, for the exit status
 
     def __call__(self) -> bool:
         return self.event.is_set()
@@ -122,6 +123,7 @@ class StopFlag:
         def handler(signum: int, _frame: Any) -> None:
             if self.event.is_set():  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
+            self.signum = signum
             self.event.set()
 
         for s in previous:
@@ -262,9 +264,9 @@ class Plan:
     done_keys: set[str] = field(default_factory=set)  # keys of the jobs already done
 
 
-def plan(path: str | Path, db_url: Optional[str] = None) -> Plan:
+def plan(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[str] = ()) -> Plan:
     """Expand the experiment and compare with the database without writing anything."""
-    experiment, jobs = load_experiment(path)
+    experiment, jobs = load_experiment(path, overrides)
     done_keys = queue.done_keys_readonly(resolve_url(db_url), [j.key for j in jobs])
     groups: dict[tuple[str, int], list[int]] = {}
     for job in jobs:
@@ -284,9 +286,9 @@ class Enqueued:
     keys: list[str]
 
 
-def enqueue(path: str | Path, db_url: Optional[str] = None) -> Enqueued:
+def enqueue(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[str] = ()) -> Enqueued:
     """Validate and expand the experiment (nothing is written if that fails), then enqueue it."""
-    experiment, jobs = load_experiment(path)
+    experiment, jobs = load_experiment(path, overrides)
     engine = open_engine(resolve_url(db_url), upgrade=True)
     sweep_id = queue.ensure_sweep(engine, experiment.name, experiment.model_dump(mode="json"))
     new, existing = queue.enqueue(engine, sweep_id, [(j.key, j.model_dump(mode="json")) for j in jobs])
