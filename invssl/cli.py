@@ -11,20 +11,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 
-from invssl import __version__
+from invssl import __version__, output
 from invssl.errors import InvsslError
 
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="invssl",
     help="Semi-supervised learning by deep-network inversion: sweeps, workers and reports.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=HELP,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = output.console()
+err_console = output.console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -78,92 +78,18 @@ def _results_engine(db: Optional[str]) -> Any:
 
 
 # ---------------------------------------------------------------- sweep / worker / resume
-class _LiveProgress:
-    """Overall jobs and the current job's epoch, with its latest accuracy."""
-
-    def __init__(self, total_jobs: int) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, transient=False)
-        self.jobs = self.progress.add_task("jobs", total=total_jobs)
-        self.job = self.progress.add_task("", total=1, visible=False)
-        self.label = ""
-
-    def events(self) -> Any:
-        from invssl.runner import WorkerEvents
-
-        return WorkerEvents(job_started=self._started, step=self._step, epoch=self._epoch,
-                            job_ended=self._ended)
-
-    def _started(self, claim: Any, cfg: Any) -> None:
-        self.label = cfg.label()
-        self.progress.reset(self.job, total=None, visible=True,
-                            description=f"  {cfg.label()} epoch {claim.epochs_done + 1}/{cfg.epochs}")
-
-    def _step(self, step: int, total: int) -> None:
-        self.progress.update(self.job, completed=step, total=total)
-
-    def _epoch(self, cfg: Any, rep: Any) -> None:
-        acc = " ".join(f"{k}={rep.metrics[k]:.2%}" for k in ("val_acc", "test_acc") if k in rep.metrics)
-        nxt = min(rep.epoch + 1, cfg.epochs)
-        self.progress.update(self.job, description=f"  {cfg.label()} epoch {nxt}/{cfg.epochs} ({acc})")
-
-    def _ended(self, claim: Any, status: str, message: str) -> None:
-        self.progress.advance(self.jobs)
-        style = {"done": "green", "failed": "red"}.get(status, "yellow")
-        # A failure's message already names the job.
-        what = message if status == "failed" else f"{self.label}: {message}"
-        self.progress.console.print(f"[{style}]{status}[/] {claim.key[:10]} {what}", highlight=False)
+def _say(text: str) -> None:
+    console.print(text, highlight=False)
 
 
-def _run_local_worker(db: Optional[str], device: Optional[str], data_root: Optional[str],
-                      sweep_id: Optional[int], total: int, quiet: bool, forever: bool = False,
-                      stale_after: float = 120.0, heartbeat: float = 10.0) -> Any:
-    from invssl.runner import Worker
-
-    live = None if quiet else _LiveProgress(total)
-    worker = Worker(_url(db), device=device, data_root=data_root, stale_after_s=stale_after,
-                    heartbeat_s=heartbeat, events=live.events() if live else None)
-    if live is None:
-        return worker.run(sweep_id=sweep_id, forever=forever)
-    with live.progress:
-        return worker.run(sweep_id=sweep_id, forever=forever)
-
-
-def _run_spawned(db: Optional[str], n: int, devices: list[str], sweep_id: int, sweep_name: str,
-                 data_root: Optional[str], total: int) -> None:
-    import time as _time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from invssl.runner import spawn_workers, sweep_counts
-
-    procs = spawn_workers(_url(db), n, devices, sweep_id=sweep_id, data_root=data_root)
-    console.print(f"started {n} workers" + (f" on {', '.join(devices)}" if devices else ""))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("jobs", total=total)
-        start = sweep_counts(db, sweep_name)
-        try:
-            while any(p.poll() is None for p in procs):
-                _time.sleep(1.0)
-                now = sweep_counts(db, sweep_name)
-                progress.update(task, completed=(now["done"] + now["failed"])
-                                - (start["done"] + start["failed"]))
-        except KeyboardInterrupt:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
-            raise
+def _warn(text: str) -> None:
+    err_console.print(f"[yellow]{text}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def sweep(
     file: Path = typer.Argument(..., help="Experiment file (YAML): name, data, train, grid, overrides, extra."),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY.PATH=VALUE]...", help="Overrides of the file, e.g. train.epochs=1 grid.seed=[0] (values read as YAML)."),
     db: Optional[str] = DbOpt,
     device: Optional[str] = DeviceOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and write nothing."),
@@ -174,15 +100,19 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="With --dry-run: estimate from recorded epoch times only; time no training steps."),
 ) -> None:
-    """Expand an experiment grid into jobs and run them; finished jobs are skipped."""
-    from invssl import runner
+    """Expand an experiment grid into jobs and run them; finished jobs are skipped.
+
+    Exit status: 0 when every job is done, 1 when some failed, 130 after Ctrl-C (the job in
+    progress is checkpointed and handed back), 2 for bad input.
+    """
+    from invssl import launch
 
     if dry_run:
-        plan = runner.plan(file, db)
-        _print_plan(plan, _masked(db))
+        plan = launch.dry_run(file, _url(db), overrides or [], device=device, devices=devices,
+                              data_root=data_root)
+        console.print(launch.plan_table(plan, _masked(db)))
         from invssl import estimate
 
-        runner.check_device(device)
         jobs = [j.model_copy(update={"data_root": data_root}) for j in plan.jobs] if data_root else plan.jobs
         est = estimate.estimate(jobs, done=plan.done_keys, device=device, db_url=_url(db),
                                 calibrate_missing=not no_calibrate)
@@ -190,49 +120,23 @@ def sweep(
         for note in est.notes:
             console.print(f"note: {note}", highlight=False)
         return
-    runner.check_device(device)
-    enq = runner.enqueue(file, db)
-    console.print(f"sweep [bold]{enq.name}[/]: {len(enq.keys)} jobs ({enq.new} new, "
-                  f"{enq.existing} already known) in {_masked(db)}", highlight=False)
-    if enqueue_only:
-        return
-    engine_url = _url(db)
-    from invssl.db.session import open_engine
-
-    runner.reap(open_engine(engine_url))
-    counts = runner.sweep_counts(db, enq.name)
-    todo = counts["pending"] + counts["running"]
-    devs = devices.split(",") if devices else ([device] if device else runner.default_devices())
-    n = workers or max(1, len(devs))
-    if todo == 0:
-        console.print("nothing to do: every job of this sweep has finished")
-    elif n == 1:
-        _run_local_worker(db, devs[0] if devs else None, data_root, enq.sweep_id, todo, quiet)
-    else:
-        _run_spawned(db, n, devs, enq.sweep_id, enq.name, data_root, todo)
-    _finish(runner.sweep_counts(db, enq.name), enq.name)
+    outcome = launch.sweep(file, _url(db), overrides or [], console, _say, _warn, device=device,
+                           devices=devices, workers=workers, data_root=data_root,
+                           enqueue_only=enqueue_only, quiet=quiet)
+    if outcome is not None:
+        _finish(outcome.counts, outcome.name, outcome.interrupted)
 
 
-def _finish(counts: Any, name: str) -> None:
+def _finish(counts: Any, name: str, interrupted: bool = False) -> None:
     line = ", ".join(f"{counts[s]} {s}" for s in ("done", "failed", "pending", "running") if counts[s])
     console.print(f"sweep [bold]{name}[/]: {line or 'no jobs'}", highlight=False)
+    if interrupted:
+        err_console.print("interrupted: `invssl resume` continues from the last checkpoint")
+        raise typer.Exit(130)
     if counts["failed"]:
         err_console.print("some jobs failed: `invssl status` shows why; "
                           "`invssl resume --retry-failed` runs them again")
         raise typer.Exit(1)
-
-
-def _print_plan(plan: Any, where: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{plan.name}: {plan.total} jobs, {plan.done} already done ({where})")
-    table.add_column("topology")
-    table.add_column("N_L", justify="right")
-    table.add_column("jobs", justify="right")
-    table.add_column("done", justify="right")
-    for (topology, n_l), (jobs, done) in sorted(plan.by_group.items()):
-        table.add_row(topology, str(n_l), str(jobs), str(done))
-    console.print(table)
 
 
 @app.command()
@@ -252,11 +156,12 @@ def worker(
     machine). SIGTERM or Ctrl-C: the epoch in progress is checkpointed, the job handed back
     for resume, exit status 0.
     """
-    from invssl import runner
+    from invssl import launch, runner
 
     runner.check_device(device)
-    summary = _run_local_worker(db, device, data_root, sweep_id, 0, quiet, forever=forever,
-                                stale_after=stale_after, heartbeat=heartbeat)
+    summary, _ = launch.run_local(_url(db), console, device=device, data_root=data_root,
+                                  sweep_id=sweep_id, total=0, quiet=quiet, forever=forever,
+                                  stale_after=stale_after, heartbeat=heartbeat)
     console.print(f"worker: {summary.done} done, {summary.failed} failed, "
                   f"{summary.released} handed back", highlight=False)
 
@@ -267,12 +172,12 @@ def resume(
     device: Optional[str] = DeviceOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun failed jobs."),
     max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="With --retry-failed: skip jobs already tried this often."),
-    stale_after: float = typer.Option(120.0, "--stale-after", help="Seconds without a heartbeat after which a running job is presumed dead."),
+    stale_after: float = typer.Option(120.0, "--stale-after", min=1.0, help="Seconds without a heartbeat after which a running job is presumed dead."),
     data_root: Optional[str] = DataRootOpt,
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Finish what was interrupted: dead workers' jobs go back to work from their last checkpoint."""
-    from invssl import runner
+    from invssl import launch, runner
     from invssl.db import queue
     from invssl.db.session import open_engine
 
@@ -284,81 +189,69 @@ def resume(
     console.print(f"resume: {len(reaped)} interrupted, {retried} failed requeued, "
                   f"{counts.get('pending', 0)} pending")
     if counts.get("pending", 0):
-        _run_local_worker(db, device, data_root, None, counts["pending"], quiet)
+        launch.run_local(_url(db), console, device=device, data_root=data_root, sweep_id=None,
+                         total=counts["pending"], quiet=quiet)
     counts = queue.status_counts(engine)
     if counts.get("failed", 0) and retry_failed:
         raise typer.Exit(1)
 
 
+FormatOpt = typer.Option("terminal", "--format", help="terminal, or json for programs.")
+
+
 @app.command()
-def status(db: Optional[str] = DbOpt) -> None:
+def status(db: Optional[str] = DbOpt, fmt: str = FormatOpt) -> None:
     """Jobs by state, running jobs with their heartbeat age, and failures with their messages."""
-    from rich.table import Table
+    from invssl import output
 
-    from invssl.db import queue
-
-    engine = _results_engine(db)
-    counts = queue.status_counts(engine)
-    console.print(f"{_masked(db)}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
-                                                 ("pending", "running", "done", "failed")),
-                  highlight=False)
-    running = queue.running_jobs(engine)
-    if running:
-        table = Table(title="running")
-        for col in ("job", "label", "worker", "epochs", "heartbeat age (s)"):
-            table.add_column(col)
-        for job in running:
-            table.add_row(job["key"][:10], job["label"], job["worker"] or "",
-                          str(job["epochs_done"]), f"{job['heartbeat_age_s']:.0f}")
-        console.print(table)
-    for job in queue.failed_jobs(engine):
-        console.print(f"[red]failed[/] {job['key'][:10]} (attempts {job['attempts']}): {job['error']}",
-                      highlight=False)
-    for job in queue.collapsed_jobs(engine):
-        stopped = " (stopped early)" if job["result"].get("stopped_collapsed") else ""
-        console.print(f"[yellow]collapsed[/] {job['key'][:10]} {job['label']}: predictions "
-                      f"entropy {job['result'].get('pred_entropy', 0):.2f} after epoch "
-                      f"{job['epochs_done']}{stopped}", highlight=False)
+    output.check_format(fmt, output.FORMATS)
+    data = output.status_data(_results_engine(db), _masked(db))
+    if fmt == "json":
+        sys.stdout.write(output.to_json(data))
+    else:
+        output.print_status(console, data)
 
 
 @app.command()
 def show(job: str = typer.Argument(..., help="Job key (a unique prefix) or numeric id."),
-         db: Optional[str] = DbOpt) -> None:
+         db: Optional[str] = DbOpt, fmt: str = FormatOpt) -> None:
     """A job's config, environment and per-epoch metrics."""
-    import json
+    from invssl import output
 
-    from rich.table import Table
+    output.check_format(fmt, output.FORMATS)
+    info = output.show_data(_results_engine(db), job)
+    if fmt == "json":
+        sys.stdout.write(output.to_json(info))
+    else:
+        output.print_show(console, info)
 
-    from invssl.db import queue
 
-    engine = _results_engine(db)
-    info = queue.get_job(engine, job)
-    console.print(f"job {info['id']} [bold]{info['key']}[/]: {info['status']} "
-                  f"(attempts {info['attempts']})", highlight=False)
-    if info.get("error"):
-        console.print(f"[red]error:[/] {info['error']}", highlight=False)
-    console.print("config: " + json.dumps(info["config"], sort_keys=True), highlight=False)
-    console.print("environment: " + json.dumps(info.get("env") or {}, sort_keys=True), highlight=False)
-    rows = [{**r, **(r.get("extra") or {})} for r in queue.job_epochs(engine, info["id"])]
-    if (info.get("result") or {}).get("collapsed"):
-        console.print("[yellow]collapsed:[/] the network predicts few classes or has a silent "
-                      "layer (pred_entropy, dead_units below)", highlight=False)
-    if rows:
-        cols = ["epoch", "loss", "ce", "recon", "entropy", "val_acc", "test_acc", "recon_err",
-                "pred_entropy", "dead_units", "collapsed", "lr", "wall_s"]
-        table = Table(title="epochs")
-        for c in cols:
-            table.add_column(c, justify="right")
-        for r in rows:
-            table.add_row(*("" if r.get(c) is None else (str(r[c]) if c == "epoch" else f"{r[c]:.4g}")
-                            for c in cols))
-        console.print(table)
+@app.command("jobs")
+def jobs_cmd(
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Only the jobs of this sweep."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only jobs in this state: pending, running, done or failed."),
+    where: Optional[list[str]] = typer.Option(None, "--where", metavar="FIELD=VALUE", help="Keep jobs with FIELD=VALUE, e.g. alpha=0.5 (repeatable)."),
+    fmt: str = typer.Option("terminal", "--format", help="terminal, json or csv (full keys, every field)."),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """List jobs with their keys, to pass to show, plot and reconstruct."""
+    from invssl import output
+    from invssl.frames import parse_where
+
+    output.check_format(fmt, output.LIST_FORMATS)
+    found = output.list_jobs(_results_engine(db), sweep, status, parse_where(where or []))
+    if fmt == "json":
+        sys.stdout.write(output.to_json(output.jobs_records(found)))
+    elif fmt == "csv":
+        sys.stdout.write(output.jobs_csv(found))
+    else:
+        output.print_jobs(console, found)
 
 
 @app.command("models")
 def models_cmd(
     input_shape: str = typer.Option("1,28,28", "--input-shape", help="Input shape without the batch, e.g. 1,28,28 or 3,32,32 or 1,16000."),
-    classes: int = typer.Option(10, "--classes", min=2),
+    classes: int = typer.Option(10, "--classes", min=2, help="Number of classes (the width of the last layer)."),
 ) -> None:
     """The model zoo: every topology with its parameter count for an input shape."""
     from rich.table import Table
@@ -379,7 +272,7 @@ def models_cmd(
     console.print(table)
 
 
-db_app = typer.Typer(help="Results database maintenance.", no_args_is_help=True)
+db_app = typer.Typer(help="Results database maintenance.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(db_app, name="db")
 
 
@@ -405,21 +298,6 @@ def _write_text(text: str, output: Optional[Path]) -> None:
     console.print(f"wrote {output}", highlight=False)
 
 
-def _safe_name(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "all"
-
-
-def _job_label(info: dict) -> str:
-    from invssl.config import JobConfig
-
-    try:
-        return f"{info['key'][:10]} {JobConfig(**info['config']).label()}"
-    except Exception:  # a config this version no longer accepts still gets a legend
-        return info["key"][:10]
-
-
 @app.command()
 def report(
     table: Optional[str] = typer.Option(None, "--table", help="mnist (the paper's Table 2) or bird10 (accuracy against alpha per dataset)."),
@@ -428,11 +306,11 @@ def report(
     cols: Optional[str] = typer.Option(None, "--cols", help="General pivot: job field(s) for the columns, comma-separated."),
     where: Optional[list[str]] = typer.Option(None, "--where", metavar="FIELD=VALUE", help="General pivot: keep jobs with FIELD=VALUE (repeatable)."),
     value: str = typer.Option("test_acc", "--value", help="General pivot: the metric in the cells."),
-    fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex or csv."),
+    fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex; csv or json: one record per cell with numeric mean, std, n."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of the terminal."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Only the jobs of this sweep."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="The dataset of the table (default: mnist if present, else the only one)."),
-    last: int = typer.Option(5, "--last", min=1, help="bird10: best accuracy over each job's last N epochs."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="The dataset of the table (mnist table: default mnist)."),
+    last: int = typer.Option(5, "--last", min=1, help="bird10: each job's test accuracy at its best-validation epoch among its last N."),
     db: Optional[str] = DbOpt,
 ) -> None:
     """Tables from finished jobs: the paper's Table 2, the 1-D experiment, or any pivot."""
@@ -450,19 +328,18 @@ def report(
     conditions = rep.parse_where(where or [])
     engine = _results_engine(db)
     jobs = rep.load_jobs(engine, sweep)
-    if table is None:
-        split = lambda s: [f.strip() for f in s.split(",") if f.strip()]  # noqa: E731
-        if dataset is not None:
-            conditions.setdefault("dataset", dataset)
-        df = rep.pivot(jobs, split(rows or ""), split(cols) if cols else None, value=value,
-                       where=conditions)
-    else:
-        epochs = rep.load_epochs(engine, jobs["id"]) if table == "bird10" else None
-        df = rep.table(table, jobs, epochs, compare=compare, dataset=dataset, last=last)
+    epochs = rep.load_epochs(engine, jobs["id"]) if table == "bird10" else None
+    split = lambda s: [f.strip() for f in s.split(",") if f.strip()]  # noqa: E731
+    built = rep.build(table, jobs, epochs, compare=compare, dataset=dataset, last=last,
+                      rows=split(rows or ""), cols=split(cols) if cols else None, value=value,
+                      where=conditions)
     if fmt == "terminal" and output is None and console.is_terminal:
-        console.print(rep.rich_table(df))
+        console.print(rep.rich_table(built.table))
         return
-    _write_text(rep.render(df, fmt), output)  # piped: the whole table, never cropped
+    _write_text(built.render(fmt), output)  # piped: the whole table, never cropped
+
+
+FigureOpt = typer.Option(None, "--output", "-o", help="Figure file: PNG, PDF or SVG by its suffix.")
 
 
 @app.command()
@@ -472,32 +349,26 @@ def plot(
     x: Optional[str] = typer.Option(None, "--x", help="Grid field on the x axis, e.g. alpha."),
     y: str = typer.Option("test_acc", "--y", help="Metric on the y axis."),
     by: Optional[str] = typer.Option(None, "--by", help="Fields that make one line, comma-separated (default: topology/dataset)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG file to write."),
+    output: Optional[Path] = FigureOpt,
     db: Optional[str] = DbOpt,
 ) -> None:
     """Learning curves of jobs, or a metric against a grid field (mean ± std over seeds)."""
     from invssl import plots
-    from invssl import report as rep
-    from invssl.db import queue
     from invssl.errors import ConfigError
 
     if jobs and (sweep or x):
         raise ConfigError("give jobs (learning curves) or --sweep/--x (metric against a field), not both")
     if not jobs and not x:
         raise ConfigError("give jobs for learning curves, or --x FIELD [--sweep NAME] for a metric against a field")
+    if output is not None:
+        plots.check_figure_path(output)
     engine = _results_engine(db)
     if jobs:
-        infos = [queue.get_job(engine, ref) for ref in jobs]
-        curves = {_job_label(i): rep.epochs_frame(queue.job_epochs(engine, i["id"])) for i in infos}
-        more = f"-and-{len(infos) - 1}-more" if len(infos) > 1 else ""
-        path = plots.learning_curves(curves, output or Path(f"curves-{infos[0]['key'][:10]}{more}.png"))
+        path = plots.job_curves(engine, jobs, output)
     else:
         assert x is not None
-        frame = rep.load_jobs(engine, sweep)
         fields = [f.strip() for f in by.split(",") if f.strip()] if by else None
-        default = Path(f"{_safe_name(sweep or 'all')}-{_safe_name(y)}-vs-{_safe_name(x)}.png")
-        path = plots.metric_vs_field(frame, x, y, output or default, by=fields,
-                                     title=f"{sweep + ': ' if sweep else ''}{y} against {x}, mean ± std over seeds")
+        path = plots.sweep_metric(engine, sweep, x, y, fields, output)
     console.print(f"wrote {path}", highlight=False)
 
 
@@ -505,32 +376,16 @@ def plot(
 def reconstruct_cmd(
     job: str = typer.Argument(..., help="Job key (a unique prefix) or numeric id."),
     n: int = typer.Option(8, "--n", min=1, max=64, help="How many test inputs."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG file to write."),
+    output: Optional[Path] = FigureOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default), cuda, cuda:N or mps."),
     data_root: Optional[str] = DataRootOpt,
     db: Optional[str] = DbOpt,
 ) -> None:
     """Test inputs beside the trained network's reconstructions A[x]^T f(x), from its checkpoint."""
     from invssl import plots
-    from invssl.config import JobConfig
-    from invssl.db import queue
-    from invssl.train import load_model, prepare, resolve_device
 
-    engine = _results_engine(db)
-    info = queue.get_job(engine, job)
-    stored = queue.load_checkpoint(engine, info["id"])
-    if stored is None:
-        raise InvsslError(f"job {info['key'][:10]} ({info['status']}) has no checkpoint yet: "
-                          "nothing to reconstruct with")
-    config = JobConfig(**info["config"])
-    if data_root:
-        config = config.model_copy(update={"data_root": data_root})
-    dev = resolve_device(device or "cpu")
-    model = load_model(config, stored[1], dev)
-    prep = prepare(config, dev)
-    idx = plots.pick_examples(prep.y_test.cpu(), n)
-    path = plots.reconstructions(
-        model, prep.x_test[idx], output or Path(f"reconstruct-{info['key'][:10]}.png"), n=n,
-        labels=prep.y_test[idx].cpu().tolist(), class_names=prep.info.class_names,
-        title=f"{config.label()} (epoch {stored[0]}): inputs and reconstructions A[x]ᵀf(x)")
+    if output is not None:
+        plots.check_figure_path(output)
+    path = plots.job_reconstructions(_results_engine(db), job, n, output, device=device or "cpu",
+                                     data_root=data_root)
     console.print(f"wrote {path}", highlight=False)

@@ -66,12 +66,14 @@ def _pivot_cells(jobs: pd.DataFrame, rows: list[str], cols: list[str], value: st
 
 def _refuse_mixed(piv: _Pivot) -> None:
     """A cell pools repetitions only: jobs of one configuration that differ in their seed."""
-    mixed = [c for c in piv.cells.values() if c["group"].nunique() > 1]
-    if not mixed:
+    fields: dict[str, list[str]] = {}
+    for cell in piv.cells.values():
+        if cell["group"].nunique() > 1:
+            for field, values in varying_fields(cell["group"]).items():
+                fields[field] = list(dict.fromkeys([*fields.get(field, []), *values]))
+    if not fields:
         return
-    fields = varying_fields(pd.concat(mixed)["group"])
-    fields = {f: v for f, v in fields.items() if f not in piv.rows and f not in piv.cols}
-    shown = "; ".join(f"{f} varies: {', '.join(v)}" for f, v in fields.items())
+    shown = "; ".join(f"{f} varies: {', '.join(v)}" for f, v in sorted(fields.items()))
     raise ConfigError(f"a cell would pool different configurations ({shown}): "
                       "add the field to --rows/--cols or fix it with --where FIELD=VALUE")
 

@@ -104,8 +104,13 @@ def render(df: pd.DataFrame, fmt: str = "terminal") -> str:
         from rich.console import Console
 
         buf = io.StringIO()
+        # The title on a line of its own: wrapped to the table's width it would span many.
+        if df.attrs.get("title"):
+            buf.write(df.attrs["title"] + "\n")
+        bare = df.copy()
+        bare.attrs = {}
         Console(file=buf, width=1000, color_system=None, force_terminal=False,
-                highlight=False).print(rich_table(df))
+                highlight=False).print(rich_table(bare))
         return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
     raise UnknownNameError(f"unknown format {fmt!r}; valid: terminal, markdown, latex, csv")
 
