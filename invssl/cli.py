@@ -6,6 +6,7 @@ into a one-line message and exit status 2.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -102,20 +103,18 @@ def sweep(
 ) -> None:
     """Expand an experiment grid into jobs and run them; finished jobs are skipped.
 
-    Exit status: 0 when every job is done, 1 when some failed, 130 after Ctrl-C (the job in
-    progress is checkpointed and handed back), 2 for bad input.
+    Exit status: 0 when every job is done (or SIGTERM stopped them, as a scheduler does), 1
+    when some failed or a worker died with jobs left, 130 after Ctrl-C, 2 for bad input. Ctrl-C
+    or SIGTERM: every worker checkpoints its job and hands it back.
     """
     from invssl import launch
 
     if dry_run:
-        plan = launch.dry_run(file, _url(db), overrides or [], device=device, devices=devices,
-                              data_root=data_root)
-        console.print(launch.plan_table(plan, _masked(db)))
         from invssl import estimate
 
-        jobs = [j.model_copy(update={"data_root": data_root}) for j in plan.jobs] if data_root else plan.jobs
-        est = estimate.estimate(jobs, done=plan.done_keys, device=device, db_url=_url(db),
-                                calibrate_missing=not no_calibrate)
+        plan, est = launch.dry_run(file, _url(db), overrides or [], device=device, devices=devices,
+                                   data_root=data_root, calibrate=not no_calibrate)
+        console.print(launch.plan_table(plan, _masked(db)))
         console.print(estimate.render(est))
         for note in est.notes:
             console.print(f"note: {note}", highlight=False)
@@ -124,19 +123,29 @@ def sweep(
                            devices=devices, workers=workers, data_root=data_root,
                            enqueue_only=enqueue_only, quiet=quiet)
     if outcome is not None:
-        _finish(outcome.counts, outcome.name, outcome.interrupted)
+        _finish(outcome)
 
 
-def _finish(counts: Any, name: str, interrupted: bool = False) -> None:
-    line = ", ".join(f"{counts[s]} {s}" for s in ("done", "failed", "pending", "running") if counts[s])
-    console.print(f"sweep [bold]{name}[/]: {line or 'no jobs'}", highlight=False)
-    if interrupted:
-        err_console.print("interrupted: `invssl resume` continues from the last checkpoint")
-        raise typer.Exit(130)
+def _finish(outcome: Any) -> None:
+    counts = outcome.counts
+    console.print(outcome.line(), highlight=False)
+    for what in outcome.died:
+        err_console.print(f"[red]worker died:[/] {what}", highlight=False)
+    _exit_if_interrupted(outcome.stopped_by)
     if counts["failed"]:
         err_console.print("some jobs failed: `invssl status` shows why; "
                           "`invssl resume --retry-failed` runs them again")
         raise typer.Exit(1)
+    if outcome.died and counts["pending"] + counts["running"]:
+        err_console.print("jobs are left: `invssl resume` runs them")
+        raise typer.Exit(1)
+
+
+def _exit_if_interrupted(stopped_by: Optional[int]) -> None:
+    """Ctrl-C exits 130 as shells expect; SIGTERM is an orderly stop (a scheduler's), exit 0."""
+    if stopped_by == signal.SIGINT:
+        err_console.print("interrupted: `invssl resume` continues from the last checkpoint")
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -154,16 +163,17 @@ def worker(
 
     Point every machine's workers at one PostgreSQL URL to share a sweep (SQLite is for one
     machine). SIGTERM or Ctrl-C: the epoch in progress is checkpointed, the job handed back
-    for resume, exit status 0.
+    for resume; exit status 0 after SIGTERM, 130 after Ctrl-C.
     """
     from invssl import launch, runner
 
     runner.check_device(device)
-    summary, _ = launch.run_local(_url(db), console, device=device, data_root=data_root,
-                                  sweep_id=sweep_id, total=0, quiet=quiet, forever=forever,
-                                  stale_after=stale_after, heartbeat=heartbeat)
+    summary = launch.run_local(_url(db), console, device=device, data_root=data_root,
+                               sweep_id=sweep_id, total=0, quiet=quiet, forever=forever,
+                               stale_after=stale_after, heartbeat=heartbeat)
     console.print(f"worker: {summary.done} done, {summary.failed} failed, "
                   f"{summary.released} handed back", highlight=False)
+    _exit_if_interrupted(summary.stopped_by)
 
 
 @app.command()
@@ -177,22 +187,13 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Finish what was interrupted: dead workers' jobs go back to work from their last checkpoint."""
-    from invssl import launch, runner
-    from invssl.db import queue
-    from invssl.db.session import open_engine
+    from invssl import launch
 
-    runner.check_device(device)
-    engine = open_engine(_url(db))
-    reaped = runner.reap(engine, stale_after)
-    retried = queue.retry_failed(engine, max_attempts=max_attempts) if retry_failed else 0
-    counts = queue.status_counts(engine)
-    console.print(f"resume: {len(reaped)} interrupted, {retried} failed requeued, "
-                  f"{counts.get('pending', 0)} pending")
-    if counts.get("pending", 0):
-        launch.run_local(_url(db), console, device=device, data_root=data_root, sweep_id=None,
-                         total=counts["pending"], quiet=quiet)
-    counts = queue.status_counts(engine)
-    if counts.get("failed", 0) and retry_failed:
+    stopped_by, failed = launch.resume(_url(db), console, _say, device=device, data_root=data_root,
+                                       retry_failed=retry_failed, max_attempts=max_attempts,
+                                       stale_after=stale_after, quiet=quiet)
+    _exit_if_interrupted(stopped_by)
+    if failed and retry_failed:
         raise typer.Exit(1)
 
 

@@ -25,5 +25,9 @@ class DatabaseError(InvsslError):
     """A results database that cannot be opened or is at another schema revision."""
 
 
+class DatabaseLost(DatabaseError):
+    """The database went away under a running process (file deleted, server down for good)."""
+
+
 class JobError(InvsslError):
     """A training job that failed (non-finite loss, out of memory...)."""

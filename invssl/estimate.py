@@ -29,7 +29,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -142,16 +141,13 @@ def read_database(url: str, keys: Iterable[str], device_kind: str, device_name: 
     from sqlalchemy import inspect, select
 
     from invssl.db.models import Epoch, Job
-    from invssl.db.session import make_engine, read_connection
+    from invssl.db.session import peek
 
     out = _Recorded()
-    engine = make_engine(url)
-    try:
-        if engine.dialect.name == "sqlite" and not Path(engine.url.database or "").exists():
-            return out
-        wanted = set(keys)
-        per_key: dict[CostKey, list[float]] = defaultdict(list)
-        with read_connection(engine) as conn:
+    wanted = set(keys)
+    per_key: dict[CostKey, list[float]] = defaultdict(list)
+    with peek(url) as conn:
+        if conn is not None:
             tables = inspect(conn)
             if not (tables.has_table(Job.__tablename__) and tables.has_table(Epoch.__tablename__)):
                 return out
@@ -172,10 +168,8 @@ def read_database(url: str, keys: Iterable[str], device_kind: str, device_name: 
                 if size is None or not wall_s or wall_s <= 0:
                     continue
                 per_key[cost_key(job)].append(float(wall_s) / job_steps(job, size))
-        out.step_s = {k: statistics.median(v) for k, v in per_key.items()}
-        return out
-    finally:
-        engine.dispose()
+    out.step_s = {k: statistics.median(v) for k, v in per_key.items()}
+    return out
 
 
 # ------------------------------------------------------------------------------------ calibration

@@ -145,45 +145,30 @@ def display(total: int, console: Console, quiet: bool) -> Optional[Any]:
     return Live(total, console) if console.is_terminal else Lines(total, console.file)
 
 
-def watch_children(procs: list[Any], poll: Callable[[], list[dict[str, Any]]], show: Optional[Any],
-                   every: float = 1.0) -> bool:
-    """Report jobs ended by worker processes until they exit; True if Ctrl-C stopped them.
+class ChildJobs:
+    """Jobs ended by worker processes (see ``pool.run_pool``), each reported once to ``show``.
 
     ``poll`` returns the sweep's ended jobs (id, key, status, config, result, error); those
-    ended before the call are not reported.
+    ended before this object was made are not reported. Call it after each poll of the pool
+    and once more when the workers have exited.
     """
-    seen = {job["id"] for job in poll()}
 
-    def report_new() -> None:
-        for job in poll():
-            if job["id"] in seen:
+    def __init__(self, poll: Callable[[], list[dict[str, Any]]], show: Optional[Any]) -> None:
+        self.poll, self.show = poll, show
+        self.seen = {job["id"] for job in poll()}
+
+    def __call__(self) -> None:
+        for job in self.poll():
+            if job["id"] in self.seen:
                 continue
-            seen.add(job["id"])
-            if show is None:
+            self.seen.add(job["id"])
+            if self.show is None:
                 continue
             if job["status"] == "failed":
                 what = job["error"] or ""
             else:
-                label = _label(job["config"])
-                what = f"{label}: {_accuracies(job['result'] or {})}"
-            show.job_line(job["status"], job["key"], what)
-
-    try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(every)
-            report_new()
-        report_new()
-        return False
-    except KeyboardInterrupt:
-        # The workers got the same Ctrl-C from the terminal; SIGTERM reaches them when it did
-        # not (a signal sent to this process alone). Either way each hands its job back.
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait()
-        report_new()
-        return True
+                what = f"{_label(job['config'])}: {_accuracies(job['result'] or {})}"
+            self.show.job_line(job["status"], job["key"], what)
 
 
 def _label(config: dict[str, Any]) -> str:

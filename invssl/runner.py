@@ -13,7 +13,6 @@ import platform
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +28,7 @@ from invssl import __version__
 from invssl.config import JobConfig, load_experiment
 from invssl.db import queue
 from invssl.db.session import open_engine, resolve_url
-from invssl.errors import InvsslError, JobError
+from invssl.errors import DatabaseLost, InvsslError, JobError
 from invssl.train import EpochReport, Prepared, resolve_device, train
 
 HEARTBEAT_S = 10.0
@@ -101,14 +100,20 @@ class WorkerSummary:
     released: int = 0
     lost: int = 0
     failures: list[str] = field(default_factory=list)
+    stopped_by: Optional[int] = None  # SIGINT or SIGTERM, if a signal ended the run
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT; the trainer checks it between steps."""
+    """Set by SIGTERM/SIGINT; the trainer checks it between steps.
+
+    Further signals repeat the same request: a terminal's Ctrl-C reaches every worker of a
+    sweep, which then forwards SIGTERM to them as well. Only SIGINT after SIGINT (Ctrl-C
+    pressed twice) stops at once, and the job is handed back even then.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.signum: Optional[int] = None  # the first signal received, for the exit status
+        self.signal: Optional[int] = None  # the first signal received
 
     def __call__(self) -> bool:
         return self.event.is_set()
@@ -121,9 +126,10 @@ class StopFlag:
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
         def handler(signum: int, _frame: Any) -> None:
-            if self.event.is_set():  # a second Ctrl-C: stop now
+            if signum == self.signal == signal.SIGINT:
                 raise KeyboardInterrupt
-            self.signum = signum
+            if self.signal is None:
+                self.signal = signum
             self.event.set()
 
         for s in previous:
@@ -143,6 +149,7 @@ class _Heartbeat(threading.Thread):
         self.engine, self.claim, self.every = engine, claim, every
         self.done = threading.Event()
         self.lost = threading.Event()
+        self.gone: Optional[DatabaseLost] = None  # the database went away for good
 
     def run(self) -> None:
         while not self.done.wait(self.every):
@@ -150,6 +157,9 @@ class _Heartbeat(threading.Thread):
                 queue.heartbeat(self.engine, self.claim.job_id, self.claim.attempt)
             except queue.StaleAttemptError:
                 self.lost.set()
+                return
+            except DatabaseLost as exc:
+                self.gone = exc
                 return
             except Exception:  # a database hiccup: try again at the next beat
                 continue
@@ -171,24 +181,35 @@ class Worker:
 
     def run(self, *, sweep_id: Optional[int] = None, forever: bool = False,
             poll_s: float = 5.0) -> WorkerSummary:
+        """Run jobs until none is left (or a signal); ``stopped_by`` says which signal."""
         summary = WorkerSummary()
         with self.stop.on_signals():
-            # Jobs of workers that died (here or on another machine) are work too.
-            reap(self.engine, self.stale_after_s)
-            while not self.stop():
-                claim = queue.claim(self.engine, worker=self.name, host=socket.gethostname(),
-                                    pid=os.getpid(), sweep_id=sweep_id)
-                if claim is None:
-                    if not forever:
-                        break
-                    self.stop.event.wait(poll_s)
-                    reap(self.engine, self.stale_after_s)
-                    continue
-                status, message = self.run_claim(claim)
-                setattr(summary, status, getattr(summary, status) + 1)
-                if status == "failed":
-                    summary.failures.append(message)
+            try:
+                self._loop(summary, sweep_id, forever, poll_s)
+            except KeyboardInterrupt:  # Ctrl-C twice: run_claim has handed the job back
+                pass
+        summary.stopped_by = self.stop.signal
         return summary
+
+    def _loop(self, summary: WorkerSummary, sweep_id: Optional[int], forever: bool,
+              poll_s: float) -> None:
+        # Jobs of workers that died (here or on another machine) are work too.
+        reap(self.engine, self.stale_after_s)
+        while not self.stop():
+            claim = queue.claim(self.engine, worker=self.name, host=socket.gethostname(),
+                                pid=os.getpid(), sweep_id=sweep_id)
+            if claim is None:
+                # A worker of this sweep may have died meanwhile: its job is the work left.
+                if reap(self.engine, self.stale_after_s):
+                    continue
+                if not forever:
+                    break
+                self.stop.event.wait(poll_s)
+                continue
+            status, message = self.run_claim(claim)
+            setattr(summary, status, getattr(summary, status) + 1)
+            if status == "failed":
+                summary.failures.append(message)
 
     def run_claim(self, claim: queue.Claim) -> tuple[str, str]:
         """Train one claimed job; returns (done|failed|released|lost, message)."""
@@ -214,8 +235,10 @@ class Worker:
             metrics, partial = train(
                 config, device=device, checkpoint=stored[1] if stored else None,
                 on_epoch=on_epoch, on_step=self.events.step, on_prepared=on_prepared,
-                should_stop=lambda: self.stop() or beat.lost.is_set(),
+                should_stop=lambda: self.stop() or beat.lost.is_set() or beat.gone is not None,
             )
+            if beat.gone is not None:
+                raise beat.gone
             if beat.lost.is_set():
                 raise queue.StaleAttemptError("job was handed to another worker")
             if partial is not None:
@@ -227,6 +250,11 @@ class Worker:
                 outcome = ("done", _summary_line(metrics))
         except queue.StaleAttemptError:
             outcome = ("lost", "job was handed to another worker; this attempt's results dropped")
+        except DatabaseLost:
+            raise  # nothing can be recorded: the job stays running until it is reclaimed
+        except KeyboardInterrupt:
+            self._hand_back(claim)
+            raise
         except torch.cuda.OutOfMemoryError:
             outcome = self._fail(claim, f"{config.label()}: CUDA out of memory (try a smaller "
                                         "batch, bf16 precision, or fewer jobs per GPU)")
@@ -238,6 +266,13 @@ class Worker:
             beat.done.set()
         self.events.job_ended(claim, *outcome)
         return outcome
+
+    def _hand_back(self, claim: queue.Claim) -> None:
+        """Release without a checkpoint of the epoch in progress: resume from the last epoch."""
+        try:
+            queue.release(self.engine, claim.job_id, claim.attempt)
+        except InvsslError:  # lost or unreachable: reclaimed later as a dead worker's job
+            pass
 
     def _fail(self, claim: queue.Claim, message: str) -> tuple[str, str]:
         try:
@@ -290,33 +325,16 @@ def enqueue(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[
     """Validate and expand the experiment (nothing is written if that fails), then enqueue it."""
     experiment, jobs = load_experiment(path, overrides)
     engine = open_engine(resolve_url(db_url), upgrade=True)
-    sweep_id = queue.ensure_sweep(engine, experiment.name, experiment.model_dump(mode="json"))
-    new, existing = queue.enqueue(engine, sweep_id, [(j.key, j.model_dump(mode="json")) for j in jobs])
+    try:
+        sweep_id = queue.ensure_sweep(engine, experiment.name, experiment.model_dump(mode="json"))
+        new, existing = queue.enqueue(engine, sweep_id, [(j.key, j.model_dump(mode="json")) for j in jobs])
+    finally:
+        engine.dispose()
     return Enqueued(sweep_id, experiment.name, new, existing, [j.key for j in jobs])
 
 
-def sweep_counts(db_url: Optional[str], sweep: str) -> Counter[str]:
-    engine = open_engine(resolve_url(db_url), upgrade=True)
+def sweep_counts(engine: Any, sweep: str) -> Counter[str]:
     return Counter(queue.status_counts(engine, sweep=sweep))
-
-
-def spawn_workers(db_url: str, n: int, devices: list[str], *, sweep_id: Optional[int],
-                  data_root: Optional[str]) -> list[subprocess.Popen[bytes]]:
-    """Start ``n`` worker processes, round-robin over ``devices`` (threads split among them)."""
-    env = dict(os.environ, INVSSL_DB=db_url)
-    threads = max(1, (os.cpu_count() or 1) // n)
-    env.setdefault("OMP_NUM_THREADS", str(threads))
-    procs = []
-    for i in range(n):
-        cmd = [sys.executable, "-m", "invssl", "worker", "--quiet"]
-        if devices:
-            cmd += ["--device", devices[i % len(devices)]]
-        if sweep_id is not None:
-            cmd += ["--sweep-id", str(sweep_id)]
-        if data_root:
-            cmd += ["--data-root", data_root]
-        procs.append(subprocess.Popen(cmd, env=env))
-    return procs
 
 
 def default_devices() -> list[str]:

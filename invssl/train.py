@@ -254,7 +254,7 @@ class _State:
         return buf.getvalue()
 
     def load(self, raw: bytes, device: torch.device) -> None:
-        blob = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
+        blob = _read_checkpoint(raw, device)
         self.model.load_state_dict(blob["model"])
         self.opt.load_state_dict(blob["opt"])
         self.sched.load_state_dict(blob["sched"])
@@ -269,12 +269,22 @@ class _State:
         self.collapsed_epochs = int(blob.get("collapsed_epochs", 0))
 
 
+def _read_checkpoint(raw: bytes, device: str | torch.device) -> dict[str, Any]:
+    try:
+        blob = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
+    except Exception as exc:  # damaged bytes surface as pickle, zip, EOF or index errors
+        raise JobError(f"the stored checkpoint is damaged and cannot be read "
+                       f"({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or "model" not in blob:
+        raise JobError("the stored checkpoint is damaged: it holds no model")
+    return blob
+
+
 def load_model(config: JobConfig, checkpoint: bytes, device: str | torch.device = "cpu") -> nn.Module:
     """The trained network stored in a checkpoint, in eval mode."""
     info = datasets.info(config.dataset, root=config.data_root, **config.data_params)
     model = models.build(config.topology, info.input_shape, info.num_classes, init=config.init)
-    blob = torch.load(io.BytesIO(checkpoint), map_location=device, weights_only=True)
-    model.load_state_dict(blob["model"])
+    model.load_state_dict(_read_checkpoint(checkpoint, device)["model"])
     return model.to(device).eval()
 
 
@@ -323,6 +333,10 @@ def train(
     model.train()
     patience = config.collapse_patience
     while state.epoch < config.epochs and not (patience and state.collapsed_epochs >= patience):
+        # Between epochs the stop is checked before the next epoch's batch order is drawn: a
+        # checkpoint at step 0 must not hold a generator already advanced past that draw.
+        if state.step == 0 and should_stop():
+            return last, state.to_bytes()
         if state.step == 0:
             state.lab_order = _index_stream(len(prep.x_lab), n_steps * bl, state.gen)
             state.unl_order = _index_stream(len(prep.x_unl), n_steps * bu, state.gen)
@@ -331,7 +345,7 @@ def train(
         started = time.perf_counter()
         history = []
         while state.step < n_steps:
-            if should_stop():
+            if state.step > 0 and should_stop():  # step 0: checked above, before the draw
                 state.seconds += time.perf_counter() - started
                 return last, state.to_bytes()
             s = state.step

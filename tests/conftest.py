@@ -42,8 +42,9 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, password: Optional[str] = None) -> None:
         self.bindir = bindir
+        self.password = password  # None: every local connection is trusted
         self.dir = Path(tempfile.mkdtemp(prefix="invssl-pg-"))
         self.port = _free_port()
         self.run_as: dict[str, Any] = {}
@@ -58,8 +59,8 @@ class PostgresServer:
         self.data = self.dir / "data"
         self._names = itertools.count()
 
-    def _run(self, tool: str, *args: str, as_owner: bool = True) -> None:
-        env = dict(os.environ, LC_ALL="C", PGCONNECT_TIMEOUT="10")
+    def _run(self, tool: str, *args: str, as_owner: bool = True, env: Optional[dict[str, str]] = None) -> None:
+        env = dict(os.environ, LC_ALL="C", PGCONNECT_TIMEOUT="10", **(env or {}))
         owner = self.run_as if as_owner else {}
         proc = subprocess.run([str(self.bindir / tool), *args], capture_output=True, text=True,
                               env=env, cwd=self.dir, timeout=120, **owner)
@@ -69,13 +70,28 @@ class PostgresServer:
             raise RuntimeError(f"{tool} failed ({proc.returncode}): {proc.stderr.strip()}\n{tail}")
 
     def start(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
+        auth = ["--auth=trust"]
+        if self.password is not None:
+            pwfile = self.dir / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            if self.run_as:
+                os.chown(pwfile, self.run_as["user"], self.run_as["group"])
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        self._run("initdb", "-D", str(self.data), "-U", PG_USER, *auth, "-E", "UTF8",
                   "--no-locale", "--no-sync")
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server on its existing data (after ``halt``)."""
         # Durability settings off: the cluster lives for one test session.
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.dir} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"),
                   "-w", "-t", "60", "start")
+
+    def halt(self) -> None:
+        """Stop the server as an administrator's restart does: clients are disconnected."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:
@@ -83,15 +99,16 @@ class PostgresServer:
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def url(self, database: str) -> str:
+    def url(self, database: str, password: Optional[str] = None) -> str:
         return URL.create("postgresql+psycopg", username=PG_USER, host="127.0.0.1", port=self.port,
-                          database=database).render_as_string(hide_password=False)
+                          database=database, password=password or self.password
+                          ).render_as_string(hide_password=False)
 
     def createdb(self, prefix: str = "t") -> str:
         """A new empty database; returns its URL."""
         name = f"{prefix}{next(self._names)}"
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, name,
-                  as_owner=False)
+                  as_owner=False, env={"PGPASSWORD": self.password} if self.password else {})
         return self.url(name)
 
 
@@ -103,8 +120,7 @@ def _has_user(name: str) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
+def _server(password: Optional[str] = None) -> Iterator[PostgresServer]:
     bindir = _pg_bindir()
     if bindir is None:
         reason = ("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's "
@@ -112,7 +128,7 @@ def pg_server() -> Iterator[PostgresServer]:
         if os.environ.get("CI"):
             pytest.fail(reason + " (required under CI)")
         pytest.skip(reason)
-    server = PostgresServer(bindir)
+    server = PostgresServer(bindir, password)
     try:
         server.start()
     except BaseException:
@@ -122,6 +138,17 @@ def pg_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    yield from _server()
+
+
+@pytest.fixture(scope="module")
+def own_pg_server() -> Iterator[PostgresServer]:
+    """A server of the module's own, with password authentication, that its tests may stop."""
+    yield from _server(password="s3cret-pw")
 
 
 @pytest.fixture(scope="session")

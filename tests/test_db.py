@@ -27,11 +27,11 @@ from invssl.db.session import (
     current_revision,
     head_revision,
     mask_url,
-    network_fs_type,
     open_engine,
     resolve_url,
     session_scope,
 )
+from invssl.db.sqlitefile import network_fs_type
 from invssl.errors import DatabaseError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -337,6 +337,6 @@ def test_done_keys_readonly_writes_nothing(tmp_path: Path, db_url: str) -> None:
     sweep = queue.ensure_sweep(engine, "s", {})
     queue.enqueue(engine, sweep, [job("x"), job("y")])
     c = claim(engine)
-    queue.finish(engine, c.job_id, c.attempt, {})
+    queue.finish(engine, c.job_id, c.attempt, {"val_acc": 1.0})
     assert queue.done_keys_readonly(db_url, [key("x"), key("y"), key("z")]) == {key("x")}
     engine.dispose()

@@ -21,6 +21,7 @@ from invssl.db import queue
 from invssl.db.models import Job
 from invssl.db import session as db_session
 from invssl.db.session import open_engine
+from invssl.schedules import make_schedule
 from invssl.train import lr_factor, prepare, train
 from tests.test_db import alembic_on
 
@@ -196,3 +197,15 @@ def test_migration_gives_older_jobs_the_recipe_they_ran_with(sqlite_url):
     engine.dispose()
     with pytest.raises(RuntimeError, match="revision 0001"):
         alembic_on(sqlite_url, command.downgrade, "0001")
+
+
+def test_a_ramp_up_of_the_unsupervised_weight_is_an_alpha_schedule_from_one():
+    ramp = {"kind": "ramp", "start": 1.0, "end": 0.5, "until": 2}
+    job = JobConfig(**{**BASE, "alpha": ramp})
+    assert job.beta == 0.5  # only a constant alpha = 1 makes beta irrelevant
+    alpha = make_schedule(job.alpha)
+    # unsupervised weight 1 - alpha: 0 at the start, half of its final 0.5 after one epoch
+    assert [1 - alpha(t) for t in (0.0, 1.0, 2.0, 5.0)] == pytest.approx([0.0, 0.25, 0.5, 0.5])
+    reports = []
+    train(job, device="cpu", on_epoch=reports.append)
+    assert reports[0].metrics["recon"] > 0 and reports[0].metrics["entropy"] > 0

@@ -95,7 +95,8 @@ def test_missing_file_exits_2(tmp_path):
 SLOW = """
 name: slow
 data: {dataset: chirps, val_size: 50, params: {n_train: 300, n_test: 100, sample_rate: 2000, duration_ms: 250}}
-train: {epochs: 6, lr: 0.003, batch_labeled: 10, batch_unlabeled: 40, steps_per_epoch: 40}
+train: {epochs: 6, lr: 0.003, batch_labeled: 10, batch_unlabeled: 40, steps_per_epoch: 40,
+        collapse_patience: 0}  # this tiny MLP predicts one class: a collapse that must run on
 grid: {topology: [MLP], n_labeled: [20], alpha: [0.5], seed: [0]}
 """
 

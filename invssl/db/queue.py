@@ -1,8 +1,10 @@
 """The job queue: enqueue, claim, heartbeat, record, finish, and the reports' queries.
 
-Every function is one short transaction. A worker's writes carry the attempt number it claimed;
-they apply only while the job is still running under that attempt, so a worker presumed dead
-(and its job handed to another) cannot overwrite the retry: it gets ``StaleAttemptError``.
+Every function is one short transaction, run again from its start when the connection to a
+restarting server is lost (``retry.retried``). A worker's writes carry the attempt number it
+claimed; they apply only while the job is still running under that attempt, so a worker
+presumed dead (and its job handed to another) cannot overwrite the retry: it gets
+``StaleAttemptError``.
 Times come from the database's clock, so hosts with skewed clocks agree on heartbeat ages.
 """
 
@@ -12,7 +14,6 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Optional, Union
 
 from sqlalchemy import (
@@ -33,7 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from invssl.db.models import EPOCH_METRICS, STATUSES, Checkpoint, Epoch, Job, Sweep, SweepJob, UTCDateTime
-from invssl.db.session import make_engine, read_connection
+from invssl.db.retry import retried
+from invssl.db.session import peek, read_connection
 from invssl.errors import InvsslError
 
 # Any constant shared by every invssl process ("invq" in ASCII).
@@ -74,6 +76,7 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
 
 
 # ---------------------------------------------------------------------------- enqueue
+@retried
 def ensure_sweep(engine: Engine, name: str, spec: dict[str, Any]) -> int:
     """The sweep called ``name``, created if new; its spec becomes ``spec`` (a grid may grow)."""
     with engine.begin() as conn:
@@ -84,6 +87,7 @@ def ensure_sweep(engine: Engine, name: str, spec: dict[str, Any]) -> int:
         return conn.execute(stmt.returning(Sweep.id)).scalar_one()
 
 
+@retried
 def enqueue(engine: Engine, sweep_id: int, jobs: list[tuple[str, dict[str, Any]]]) -> tuple[int, int]:
     """Add ``(key, config)`` jobs that are not stored yet and link all of them to the sweep.
 
@@ -114,6 +118,7 @@ def enqueue(engine: Engine, sweep_id: int, jobs: list[tuple[str, dict[str, Any]]
 
 
 # ------------------------------------------------------------------------------ claim
+@retried
 def claim(engine: Engine, *, worker: str, host: str, pid: int,
           sweep_id: Optional[int] = None) -> Optional[Claim]:
     """Take the oldest pending job (of ``sweep_id``, if given) for this worker, or None."""
@@ -145,11 +150,13 @@ def _guarded(conn: Connection, job_id: int, attempt: int, **values: Any) -> None
         raise StaleAttemptError(f"job {job_id} is no longer running as attempt {attempt}")
 
 
+@retried
 def heartbeat(engine: Engine, job_id: int, attempt: int) -> None:
     with engine.begin() as conn:
         _guarded(conn, job_id, attempt)
 
 
+@retried
 def set_job_info(engine: Engine, job_id: int, attempt: int, *,
                  env: Optional[dict[str, Any]] = None, split: Optional[str] = None) -> None:
     """Store what produced the result (``env``) and the labeled/validation split (JSON text)."""
@@ -168,6 +175,7 @@ def _store_checkpoint(conn: Connection, job_id: int, attempt: int, epoch: int, d
                                                   data=data, created_at=_now(conn)))
 
 
+@retried
 def record_epoch(engine: Engine, job_id: int, attempt: int, epoch: int, metrics: dict[str, Any],
                  checkpoint: Optional[bytes]) -> None:
     """Store epoch ``epoch``'s metrics and, in the same transaction, the checkpoint after it.
@@ -186,6 +194,7 @@ def record_epoch(engine: Engine, job_id: int, attempt: int, epoch: int, metrics:
             _store_checkpoint(conn, job_id, attempt, epoch, checkpoint)
 
 
+@retried
 def save_checkpoint(engine: Engine, job_id: int, attempt: int, data: bytes) -> None:
     """Store a checkpoint taken within the epoch after ``epochs_done`` (before a release)."""
     with engine.begin() as conn:
@@ -194,6 +203,7 @@ def save_checkpoint(engine: Engine, job_id: int, attempt: int, data: bytes) -> N
         _store_checkpoint(conn, job_id, attempt, int(done or 0), data)
 
 
+@retried
 def load_checkpoint(engine: Engine, job_id: int) -> Optional[tuple[int, bytes]]:
     """``(epoch, data)`` of the job's latest checkpoint, or None."""
     with read_connection(engine) as conn:
@@ -202,17 +212,38 @@ def load_checkpoint(engine: Engine, job_id: int) -> Optional[tuple[int, bytes]]:
     return None if row is None else (row.epoch, bytes(row.data))
 
 
+@retried
 def finish(engine: Engine, job_id: int, attempt: int, result: dict[str, Any]) -> None:
+    """Mark the job done with ``result``, its final epoch's metrics.
+
+    A job resumed from the checkpoint of its last epoch (its worker died before this call)
+    trains nothing and has no metrics in hand: its result is rebuilt from that epoch's row, so
+    a done job never stores an empty result.
+    """
     with engine.begin() as conn:
+        if not result:
+            result = _recorded_result(conn, job_id)
         _guarded(conn, job_id, attempt, status="done", result=result, error=None,
                  finished_at=_now(conn))
 
 
+def _recorded_result(conn: Connection, job_id: int) -> dict[str, Any]:
+    columns = [getattr(Epoch, k) for k in EPOCH_METRICS]
+    row = conn.execute(select(*columns, Epoch.extra).join(Job, Job.id == Epoch.job_id)
+                       .where(Epoch.job_id == job_id, Epoch.epoch == Job.epochs_done)).one_or_none()
+    if row is None:
+        raise InvsslError(f"job {job_id} finished without a recorded epoch to take its result from")
+    result = {k: getattr(row, k) for k in EPOCH_METRICS if getattr(row, k) is not None}
+    return {**result, **(row.extra or {})}
+
+
+@retried
 def fail(engine: Engine, job_id: int, attempt: int, error: str) -> None:
     with engine.begin() as conn:
         _guarded(conn, job_id, attempt, status="failed", error=error, finished_at=_now(conn))
 
 
+@retried
 def release(engine: Engine, job_id: int, attempt: int) -> None:
     """Hand the job back to the queue; the next claim resumes from its checkpoint."""
     with engine.begin() as conn:
@@ -220,6 +251,7 @@ def release(engine: Engine, job_id: int, attempt: int) -> None:
 
 
 # ----------------------------------------------------------------------- maintenance
+@retried
 def reap(engine: Engine, *, stale_after_s: float, host: Optional[str] = None,
          alive: Optional[Callable[[int], bool]] = None) -> list[int]:
     """Put running jobs of dead workers back to pending; returns their ids.
@@ -240,6 +272,7 @@ def reap(engine: Engine, *, stale_after_s: float, host: Optional[str] = None,
         return sorted(conn.scalars(stmt))
 
 
+@retried
 def retry_failed(engine: Engine, *, max_attempts: int) -> int:
     """Put failed jobs tried fewer than ``max_attempts`` times back to pending; returns how many."""
     with engine.begin() as conn:
@@ -250,6 +283,7 @@ def retry_failed(engine: Engine, *, max_attempts: int) -> int:
 
 
 # --------------------------------------------------------------------------- reports
+@retried
 def status_counts(engine: Engine, sweep: Optional[str] = None) -> dict[str, int]:
     """Jobs per status (every status present, zeros included), of one sweep if named."""
     stmt = select(Job.status, func.count()).group_by(Job.status)
@@ -265,6 +299,7 @@ def _label(row: Any) -> str:
     return f"{row.topology} {row.dataset} N_L={row.n_labeled} seed={row.seed}"
 
 
+@retried
 def running_jobs(engine: Engine) -> list[dict[str, Any]]:
     """Running jobs with their worker, progress and heartbeat age by the database's clock."""
     with read_connection(engine) as conn:
@@ -278,6 +313,7 @@ def running_jobs(engine: Engine) -> list[dict[str, Any]]:
             for row in rows]
 
 
+@retried
 def failed_jobs(engine: Engine) -> list[dict[str, Any]]:
     with read_connection(engine) as conn:
         rows = conn.execute(select(Job.id, Job.key, Job.topology, Job.dataset, Job.n_labeled,
@@ -286,6 +322,7 @@ def failed_jobs(engine: Engine) -> list[dict[str, Any]]:
     return [{**row._asdict(), "label": _label(row)} for row in rows]
 
 
+@retried
 def collapsed_jobs(engine: Engine) -> list[dict[str, Any]]:
     """Finished jobs whose network had collapsed at its last epoch (``health.py``)."""
     with read_connection(engine) as conn:
@@ -296,6 +333,7 @@ def collapsed_jobs(engine: Engine) -> list[dict[str, Any]]:
             if (row.result or {}).get("collapsed")]
 
 
+@retried
 def get_job(engine: Engine, key_prefix_or_id: Union[str, int]) -> dict[str, Any]:
     """One job with every column and its sweeps' names, by numeric id or unique key prefix.
 
@@ -320,6 +358,7 @@ def get_job(engine: Engine, key_prefix_or_id: Union[str, int]) -> dict[str, Any]
     return job
 
 
+@retried
 def job_epochs(engine: Engine, job_id: int) -> list[dict[str, Any]]:
     """The job's per-epoch rows in epoch order (``extra`` holds metrics beyond the columns)."""
     columns = [c for c in inspect(Epoch).columns if c.key not in ("id", "job_id")]
@@ -330,15 +369,9 @@ def job_epochs(engine: Engine, job_id: int) -> list[dict[str, Any]]:
 
 def done_keys_readonly(url: str, keys: Iterable[str]) -> set[str]:
     """Which of ``keys`` are done, without creating or upgrading anything (for dry runs)."""
-    engine = make_engine(url)
-    try:
-        if engine.dialect.name == "sqlite" and not Path(engine.url.database or "").exists():
+    with peek(url) as conn:
+        if conn is None or not inspect(conn).has_table(Job.__tablename__):
             return set()
-        with read_connection(engine) as conn:
-            if not inspect(conn).has_table(Job.__tablename__):
-                return set()
-            wanted = list(dict.fromkeys(keys))
-            return {key for chunk in _chunks(wanted) for key in conn.scalars(
-                select(Job.key).where(Job.status == "done", Job.key.in_(chunk)))}
-    finally:
-        engine.dispose()
+        wanted = list(dict.fromkeys(keys))
+        return {key for chunk in _chunks(wanted) for key in conn.scalars(
+            select(Job.key).where(Job.status == "done", Job.key.in_(chunk)))}

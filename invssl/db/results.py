@@ -1,6 +1,8 @@
 """Read-only queries for reports, listings and progress displays.
 
-Kept apart from ``queue.py`` (the workers' transactions): nothing here writes.
+Kept apart from ``queue.py`` (the workers' transactions): nothing here writes. Each query is
+retried like the queue's (see ``retry.py``): a sweep's display polls ``ended_jobs`` for as long
+as its workers ride out a database restart.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Optional
 from sqlalchemy import Engine, select
 
 from invssl.db.models import EPOCH_METRICS, Epoch, Job, Sweep, SweepJob
+from invssl.db.retry import retried
 from invssl.db.session import read_connection
 from invssl.errors import UnknownNameError
 
@@ -20,11 +23,13 @@ _JOB_COLUMNS = (Job.id, Job.key, Job.status, Job.config, Job.result, Job.attempt
                 Job.error, Job.finished_at)
 
 
+@retried
 def sweep_names(engine: Engine) -> list[str]:
     with read_connection(engine) as conn:
         return [r[0] for r in conn.execute(select(Sweep.name).order_by(Sweep.id))]
 
 
+@retried
 def sweep_spec(engine: Engine, name: str) -> Optional[dict[str, Any]]:
     """The spec the sweep called ``name`` was last enqueued with, or None for a new name."""
     with read_connection(engine) as conn:
@@ -32,6 +37,7 @@ def sweep_spec(engine: Engine, name: str) -> Optional[dict[str, Any]]:
     return None if spec is None else json.loads(spec)
 
 
+@retried
 def job_rows(engine: Engine, sweep: Optional[str] = None, *,
              status: Optional[str] = None) -> list[dict[str, Any]]:
     """Jobs (of one sweep, with one status, if given) in id order: id, key, status, config,
@@ -49,6 +55,7 @@ def job_rows(engine: Engine, sweep: Optional[str] = None, *,
         return [dict(r._mapping) for r in conn.execute(query)]
 
 
+@retried
 def ended_jobs(engine: Engine, sweep_id: int) -> list[dict[str, Any]]:
     """Done and failed jobs of a sweep: id, key, status, config, result, error."""
     with read_connection(engine) as conn:
@@ -59,6 +66,7 @@ def ended_jobs(engine: Engine, sweep_id: int) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(query)]
 
 
+@retried
 def epoch_rows(engine: Engine, job_ids: Iterable[int]) -> list[dict[str, Any]]:
     """Per-epoch rows of the given jobs in (job_id, epoch) order, ``extra`` as stored."""
     ids = sorted({int(i) for i in job_ids})

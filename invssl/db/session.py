@@ -1,8 +1,7 @@
 """Opening the results database: URLs, engines, and keeping the schema at this version's head.
 
-SQLite serves one machine (every write transaction starts with ``BEGIN IMMEDIATE`` so that
-concurrent workers queue on the busy timeout instead of failing with "database is locked");
-several machines need PostgreSQL, where schema upgrades run under an advisory lock.
+SQLite serves one machine (its connection settings are in ``sqlitefile``); several machines
+need PostgreSQL, where schema upgrades run under an advisory lock.
 """
 
 from __future__ import annotations
@@ -21,29 +20,21 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from invssl.db import sqlitefile
 from invssl.db.models import Base
+from invssl.db.sqlitefile import READONLY
 from invssl.errors import DatabaseError
 
 DEFAULT_URL = "sqlite:///invssl.db"
 VERSION_TABLE = "invssl_alembic_version"
-# Execution option: a transaction that only reads may start deferred on SQLite, so that
-# `invssl status` does not queue behind the workers' write lock.
-READONLY = "invssl_readonly"
-BUSY_TIMEOUT_S = 30.0
 # Any constant works as long as every invssl process uses the same one; this is "invs" in ASCII.
 _SCHEMA_LOCK_KEY = 0x696E7673
-# File systems whose locking SQLite cannot rely on.
-NETWORK_FS_TYPES = frozenset({
-    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "ceph", "glusterfs", "lustre",
-    "gpfs", "beegfs", "ocfs2", "gfs2", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs",
-    "fuse.rclone", "fuse.gcsfuse",
-})
 
 
 # ------------------------------------------------------------------------------------- URLs
@@ -67,81 +58,29 @@ def mask_url(url: str) -> str:
     """``url`` with its password replaced by ``***``: the only form invssl ever prints."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Not parseable, so the password cannot be located exactly: hide all user info.
         return re.sub(r"//[^/@]*@", "//***@", url)
 
 
 def _parse(url: str) -> URL:
     try:
-        return make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
         raise DatabaseError(f"not a database URL: {mask_url(url)}") from None
-
-
-# ------------------------------------------------------------------- network file systems
-def _unescape_mount_field(field: str) -> str:
-    # /proc/mounts writes space, tab, newline and backslash in paths as octal escapes.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def network_fs_type(path: str, mounts: str) -> Optional[str]:
-    """The network file system type ``path`` lives on, per a /proc/mounts text; else None."""
-    best, best_type = "", None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mount_point, fs_type = _unescape_mount_field(fields[1]), fields[2]
-        prefix = mount_point.rstrip("/") + "/"
-        if (path == mount_point or path.startswith(prefix)) and len(mount_point) >= len(best):
-            best, best_type = mount_point, fs_type
-    return best_type if best_type in NETWORK_FS_TYPES else None
-
-
-def _refuse_network_fs(database: Optional[str]) -> None:
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return
-    try:
-        mounts = Path("/proc/mounts").read_text()
-    except OSError:  # not Linux: nothing to check against
-        return
-    path = str(Path(database).expanduser().resolve())
-    fs_type = network_fs_type(path, mounts)
-    if fs_type:
-        raise DatabaseError(
-            f"the SQLite file {path} is on a network file system ({fs_type}), where its locking "
-            "is unreliable; workers on several machines need PostgreSQL "
-            "(--db postgresql+psycopg://user@host/db)")
+    except ValueError:  # SQLAlchemy converts the port with int()
+        raise DatabaseError(f"not a database URL (the port must be a number): {mask_url(url)}") from None
+    return parsed
 
 
 # ---------------------------------------------------------------------------- engines
-def _sqlite_events(engine: Engine, *, foreign_keys: bool) -> None:
-    # pysqlite's own transaction handling would BEGIN (deferred) lazily and let two writers
-    # deadlock into "database is locked"; take over BEGIN as the SQLAlchemy docs describe.
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        # WAL makes NORMAL durable against application crashes; only power loss can drop the
-        # latest commits, which a resumed job recomputes.
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READONLY)
-                             else "BEGIN IMMEDIATE")
-
-
-def make_engine(url: str, *, migrating: bool = False) -> Engine:
+def make_engine(url: str, *, migrating: bool = False, readonly: bool = False) -> Engine:
     """An engine with invssl's connection settings, without looking at the schema.
 
     ``migrating``: a single-use engine; on SQLite also without foreign key enforcement, since a
     batch migration recreates a table by DROP, which would otherwise cascade to its children.
+    ``readonly``: for reports; a SQLite file is then opened without writing to it or beside it,
+    any other engine refuses one this process cannot write.
     """
     parsed = _parse(url)
     backend = parsed.get_backend_name()
@@ -152,9 +91,12 @@ def make_engine(url: str, *, migrating: bool = False) -> Engine:
                 raise DatabaseError(
                     f"SQLite {sqlite3.sqlite_version} is too old (the queue needs RETURNING, "
                     "SQLite 3.35+): use a newer Python build or PostgreSQL")
-            _refuse_network_fs(parsed.database)
-            engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S}, **pool)
-            _sqlite_events(engine, foreign_keys=not migrating)
+            sqlitefile.refuse_network_fs(parsed.database)
+            if not readonly:
+                sqlitefile.refuse_read_only(parsed.database)
+            engine = create_engine(parsed, connect_args={"timeout": sqlitefile.BUSY_TIMEOUT_S}, **pool)
+            sqlitefile.configure(engine, foreign_keys=not migrating, readonly=readonly,
+                                 guard=not migrating)
             return engine
         if backend == "postgresql":
             # A worker holds its engine for days; the server may restart in between.
@@ -178,6 +120,24 @@ def _reported(url: str, doing: str) -> Iterator[None]:
 def read_connection(engine: Engine) -> Connection:
     """A connection for transactions that only read (deferred BEGIN on SQLite)."""
     return engine.connect().execution_options(**{READONLY: True})
+
+
+@contextmanager
+def peek(url: str) -> Iterator[Optional[Connection]]:
+    """A read-only connection for a dry run: creates nothing, None where no SQLite file exists.
+
+    Driver errors (unreachable server, bad credentials) become one line naming the masked URL.
+    """
+    engine = make_engine(url, readonly=True)
+    try:
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and not Path(database or "").exists():
+            yield None
+            return
+        with _reported(url, "cannot read"), read_connection(engine) as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 @contextmanager
@@ -308,15 +268,27 @@ def open_engine(url: str, *, upgrade: bool = True) -> Engine:
 def open_existing(url: str) -> Engine:
     """An engine on an existing database at this version's schema, for reading.
 
-    Nothing is created or migrated: a missing SQLite file is an error, and a database at
-    another schema revision is refused with the command that upgrades it.
+    Nothing is created, migrated or written: a missing SQLite file or an empty database is an
+    error, and one at another schema revision is refused with the command that upgrades it.
     """
-    try:
-        parsed = make_url(url)
-    except Exception:
-        raise DatabaseError(f"not a database URL: {mask_url(url)}") from None
-    database = parsed.database or ""
-    if (parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
-            and not database.startswith("file:") and not Path(database).expanduser().exists()):
+    parsed = _parse(url)
+    database = parsed.database
+    if (parsed.get_backend_name() == "sqlite" and sqlitefile.is_file(database)
+            and not Path(str(database)).expanduser().exists()):
         raise DatabaseError(f"no results database at {mask_url(url)}")
-    return open_engine(url, upgrade=False)
+    engine = make_engine(url, readonly=True)
+    try:
+        with _reported(url, "cannot open"), read_connection(engine) as conn:
+            versioned = inspect(conn).has_table(VERSION_TABLE)
+            rev = _revision(conn)
+        if rev != head_revision():
+            _check_known(rev, url)
+            if not versioned:
+                raise DatabaseError(f"no invssl results in {mask_url(url)}: a sweep creates them")
+            raise DatabaseError(
+                f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
+                f"{head_revision()}: run `invssl db upgrade --db {mask_url(url)}`")
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
