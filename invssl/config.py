@@ -13,7 +13,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -195,8 +195,12 @@ def _product(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def expand(experiment: Experiment) -> list[JobConfig]:
-    """Every job of the experiment, in grid order, duplicates removed."""
+def expand(experiment: Experiment, base_dir: Optional[Path] = None) -> list[JobConfig]:
+    """Every job of the experiment, in grid order, duplicates removed.
+
+    A relative ``data_root`` is taken relative to ``base_dir`` (the experiment file's folder)
+    when given, so a sweep finds its data wherever it is started from.
+    """
     _check_fields(experiment.train, "train", TRAIN_FIELDS)
     _check_fields(experiment.grid, "grid")
     base: dict[str, Any] = {**experiment.train}
@@ -221,6 +225,7 @@ def expand(experiment: Experiment) -> list[JobConfig]:
             for ov in experiment.overrides:
                 if _matches(raw, ov.match):
                     raw.update(ov.set)
+            raw["data_root"] = _resolve_root(raw.get("data_root"), base_dir)
             try:
                 job = JobConfig(**raw)
             except ValidationError as exc:
@@ -231,19 +236,31 @@ def expand(experiment: Experiment) -> list[JobConfig]:
             jobs.setdefault(job.key, job)
     if not jobs:
         raise ConfigError("the grid has no jobs")
-    _check_label_counts(jobs.values())
+    _check_jobs(jobs.values())
     return list(jobs.values())
 
 
-def _check_label_counts(jobs: Iterable[JobConfig]) -> None:
-    from invssl import data
+def _resolve_root(root: Any, base_dir: Optional[Path]) -> Any:
+    if not isinstance(root, str) or base_dir is None:
+        return root
+    path = Path(root).expanduser()
+    return root if path.is_absolute() else str((base_dir / path).resolve())
+
+
+def _check_jobs(jobs: Iterable[JobConfig]) -> None:
+    """Label counts against each dataset, and your own networks against its input shape."""
+    from invssl import data, networks
 
     infos: dict[str, Any] = {}
+    checked: set[tuple[str, str]] = set()
     for job in jobs:
         ident = json.dumps([job.dataset, job.data_root, job.data_params], sort_keys=True)
         if ident not in infos:
             infos[ident] = data.info(job.dataset, root=job.data_root, **job.data_params)
         info = infos[ident]
+        if networks.is_custom(job.topology) and (job.topology, ident) not in checked:
+            checked.add((job.topology, ident))
+            networks.check(job.topology, info.input_shape, info.num_classes)
         if job.n_labeled % info.num_classes:
             raise ConfigError(
                 f"n_labeled={job.n_labeled} is not divisible by the {info.num_classes} classes of "
@@ -256,7 +273,8 @@ def _check_label_counts(jobs: Iterable[JobConfig]) -> None:
             )
 
 
-def parse_experiment(text: str, source: str = "<string>") -> Experiment:
+def parse_experiment(text: str, source: str = "<string>", overrides: Sequence[str] = ()) -> Experiment:
+    """Validate the YAML ``text`` with ``overrides`` (``invssl.overrides``) applied first."""
     try:
         raw = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -267,19 +285,38 @@ def parse_experiment(text: str, source: str = "<string>") -> Experiment:
         raise ConfigError(f"{source}: YAML syntax error: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with name, data, train and grid")
+    if overrides:
+        from invssl import overrides as ov
+
+        raw = ov.apply(raw, overrides)
     try:
         return Experiment(**raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_format_validation(exc)}") from None
 
 
-def load_experiment(path: str | Path) -> tuple[Experiment, list[JobConfig]]:
-    """Read, validate and expand an experiment file; raise ConfigError with one clear line."""
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Experiment, list[JobConfig]]:
+    """Read, validate and expand an experiment file; raise ConfigError with one clear line.
+
+    ``overrides`` (``train.epochs=1``...) apply before validation; a relative ``data.root`` is
+    relative to the file's folder.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not an experiment file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
-    experiment = parse_experiment(path.read_text(), str(path))
     try:
-        return experiment, expand(experiment)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    experiment = parse_experiment(text, str(path), overrides)
+    try:
+        return experiment, expand(experiment, path.parent.absolute())
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -24,6 +24,7 @@ import soundfile
 import torch
 from torch import Tensor
 
+from invssl import datafiles
 from invssl.errors import ConfigError, DataError
 from invssl.registry import Registry
 
@@ -35,6 +36,7 @@ __all__ = [
     "Split",
     "accuracy",
     "canonical",
+    "ensure_files",
     "info",
     "load",
     "make_split",
@@ -206,7 +208,8 @@ class _Vision:
     folder: str  # where torchvision looks, relative to root
     files: tuple[str, ...]
     open: Callable[[type, str, bool, bool], Any]  # (class, root, train, download) -> dataset
-    arrays: Callable[[Any], tuple[Tensor, Tensor]]  # -> (uint8 N,C,H,W, int64 labels)
+    # torchvision's dataset -> (uint8 N,C,H,W, int64 labels); None: IDX files read by datafiles
+    arrays: Callable[[Any], tuple[Tensor, Tensor]] | None
     input_shape: tuple[int, ...]
     class_names: tuple[str, ...]
     n_train: int
@@ -232,7 +235,7 @@ def _idx_set(title: str, class_names: tuple[str, ...]) -> _Vision:
         folder=f"{title}/raw",
         files=_IDX_FILES,
         open=_train_flag,
-        arrays=lambda ds: (ds.data.unsqueeze(1), ds.targets.long()),
+        arrays=None,
         input_shape=(1, 28, 28),
         class_names=class_names,
         n_train=60000,
@@ -290,37 +293,68 @@ def _vision_info(name: str, spec: _Vision) -> DatasetInfo:
 
 
 def _vision_load(name: str, spec: _Vision, root: Path | None, download: bool) -> Dataset:
-    # Checked here rather than left to torchvision, whose message names neither folder nor files.
     root = _need_root(name, root)
+    _vision_files(name, spec, root, download, fetch=download)
     folder = (root / spec.folder).absolute()
+    if spec.arrays is None:
+        try:
+            x_train, y_train, x_test, y_test = _idx_arrays(folder)
+        except DataError as exc:
+            raise DataError(f"cannot read {spec.title} files in {folder}: {exc}") from None
+    else:
+        import torchvision.datasets
 
-    def missing() -> bool:
-        return not all((folder / f).is_file() for f in spec.files)
-
-    def not_found(hint: str) -> DataError:
-        return DataError(
-            f"{spec.title} files not found in {folder}: expected {', '.join(spec.files)} ({hint})"
-        )
-
-    if missing() and not download:
-        raise not_found("pass download: true to fetch them")
-    import torchvision.datasets
-
-    cls = getattr(torchvision.datasets, spec.title)
-    try:
-        train, test = (spec.open(cls, str(root), split, download) for split in (True, False))
-    except Exception as exc:  # torchvision raises assorted types for network and format faults
-        # Its messages span lines (one per mirror tried); ours are one line.
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        if missing():
-            raise not_found(f"download failed: {reason}") from exc
-        raise DataError(f"cannot read {spec.title} files in {folder}: {reason}") from exc
-
-    (x_train, y_train), (x_test, y_test) = spec.arrays(train), spec.arrays(test)
+        cls = getattr(torchvision.datasets, spec.title)
+        try:
+            train, test = (spec.open(cls, str(root), split, False) for split in (True, False))
+        except Exception as exc:  # torchvision raises assorted types for format faults
+            # Its messages span lines; ours are one line.
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise DataError(f"cannot read {spec.title} files in {folder}: {reason}") from exc
+        (x_train, y_train), (x_test, y_test) = spec.arrays(train), spec.arrays(test)
     x_train, x_test, norm = _normalised(_unit_float(x_train), _unit_float(x_test))
     return Dataset(
         _vision_info(name, spec), x_train, y_train, x_test, y_test, None, None, norm
     )
+
+
+def _idx_arrays(folder: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    paths = [datafiles.find(folder, f, gz_too=True) or folder / f for f in _IDX_FILES]
+    x_train, y_train, x_test, y_test = (torch.from_numpy(datafiles.read_idx(p).copy()) for p in paths)
+    return x_train.unsqueeze(1), y_train.long(), x_test.unsqueeze(1), y_test.long()
+
+
+def _vision_files(name: str, spec: _Vision, root: Path, download: bool, fetch: bool) -> None:
+    # Checked here rather than left to torchvision, whose message names neither folder nor files.
+    folder = (root / spec.folder).absolute()
+    gz_too = spec.arrays is None
+    if download and fetch:
+        def get() -> None:
+            import torchvision.datasets
+
+            cls = getattr(torchvision.datasets, spec.title)
+            for split in (True, False):
+                spec.open(cls, str(root), split, True)
+
+        datafiles.fetch(spec.title, root.absolute(), folder, spec.files, gz_too, get)
+        return
+    if datafiles.missing(folder, spec.files, gz_too) and not download:
+        raise DataError(f"{spec.title} files not found in {folder}: expected "
+                        f"{', '.join(spec.files)} (pass download: true to fetch them)")
+
+
+def ensure_files(name: str, *, root: str | Path | None = None, download: bool = False,
+                 fetch: bool = True) -> None:
+    """Fail fast when a dataset's files are absent (DataError naming the folder and files).
+
+    With ``download`` and ``fetch`` the files are downloaded now, one process at a time per
+    data root; with ``fetch`` False (a dry run) nothing is written. Generated datasets need
+    no files; a wav-folder's are checked by ``info``.
+    """
+    canonical_name = _SOURCES.canonical(name)
+    spec = _VISION.get(canonical_name)
+    if spec is not None:
+        _vision_files(canonical_name, spec, _need_root(canonical_name, _root(root)), download, fetch)
 
 
 def _unit_float(x: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from invssl import networks
 from invssl.errors import ConfigError, UnknownNameError
 from invssl.registry import Registry
 
@@ -319,6 +320,8 @@ def names() -> list[str]:
 
 def canonical(name: str) -> str:
     """The registered spelling of ``name`` (matched case-insensitively); UnknownNameError if none."""
+    if networks.is_custom(name):
+        return networks.canonical(name)
     return _lookup(name)[0]
 
 
@@ -332,6 +335,8 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, init: str = "
         raise ConfigError(f"num_classes must be >= 1; got {num_classes}")
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+    if networks.is_custom(name):
+        return networks.build(name, input_shape, num_classes)
     return _lookup(name)[1].factory(tuple(input_shape), num_classes, init=init)
 
 

@@ -1,4 +1,5 @@
-"""Figures as PNG files: learning curves, accuracy against a grid field, reconstructions.
+"""Figures as PNG, PDF or SVG files (by suffix): learning curves, accuracy against a grid field,
+reconstructions.
 
 Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas directly, never through
 pyplot, so nothing here touches a global backend or opens a window, and sizes are exact:
@@ -15,9 +16,11 @@ from typing import Any, Optional
 import pandas as pd
 
 from invssl.errors import ConfigError, DataError
-from invssl.report import _fmt_weight, _order_key, _select
+from invssl.frames import fmt_weight, order_key
+from invssl.selection import select
 
 DPI = 100
+FIGURE_FORMATS = ("png", "pdf", "svg")
 # Figure sizes in inches.
 CURVES_SIZE = (15.0, 4.5)
 METRIC_SIZE = (8.0, 5.0)
@@ -36,12 +39,21 @@ def _figure(size: tuple[float, float]) -> Any:
     return fig
 
 
+def check_figure_path(path: str | Path) -> str:
+    """The figure format named by ``path``'s suffix; ConfigError for any other suffix."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise ConfigError(f"{path}: name a figure file .png, .pdf or .svg (the suffix sets the format)")
+    return fmt
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
+    fmt = check_figure_path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, format="png", dpi=DPI)
+        fig.savefig(path, format=fmt, dpi=DPI)
     except OSError as exc:
         raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
@@ -124,8 +136,8 @@ def metric_vs_field(jobs: pd.DataFrame, x: str, y: str, path: str | Path,
         by = [f for f in ("topology", "dataset", "n_labeled") if f in jobs.columns
               and f != x and jobs[f].nunique() > 1] or [f for f in ("topology",) if f in jobs.columns]
     by = list(by)
-    xs = sorted(dict.fromkeys(jobs[x]), key=_order_key)
-    numeric = all(_order_key(v)[0] == 0 for v in xs)
+    xs = sorted(dict.fromkeys(jobs[x]), key=order_key)
+    numeric = all(order_key(v)[0] == 0 for v in xs)
     pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(xs)}
     scale = 100.0 if y.endswith("_acc") else 1.0
     fig = _figure(METRIC_SIZE)
@@ -135,13 +147,13 @@ def metric_vs_field(jobs: pd.DataFrame, x: str, y: str, path: str | Path,
         key = key if isinstance(key, tuple) else (key,)
         points = []
         for v in xs:
-            sel = _select(g[g[x] == v], "val_acc", y, scale=scale)
+            sel = select(g[g[x] == v], "val_acc", y, scale=scale)
             if sel is not None and not sel.get("unselected") and sel["n"]:
                 points.append((pos[v], sel["mean"], 0.0 if math.isnan(sel["std"]) else sel["std"]))
         if not points:
             continue
         px, py, pe = zip(*points)
-        label = ", ".join(k if isinstance(k, str) else f"{f}={_fmt_weight(float(k))}"
+        label = ", ".join(k if isinstance(k, str) else f"{f}={fmt_weight(float(k))}"
                           for f, k in zip(by, key)) or y
         ax.errorbar(px, py, yerr=pe, marker="o", capsize=3, color=f"C{i % 10}", label=label)
     if not numeric:
@@ -268,3 +280,65 @@ def pick_examples(labels: Any, n: int) -> list[int]:
                 picked.append(by_class[c][rank])
         rank += 1
     return picked
+
+
+# ------------------------------------------------------------------------ from the database
+def _safe_name(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "all"
+
+
+def _job_label(info: dict) -> str:
+    from invssl.config import JobConfig
+
+    try:
+        return f"{info['key'][:10]} {JobConfig(**info['config']).label()}"
+    except Exception:  # a config this version no longer accepts still gets a legend
+        return info["key"][:10]
+
+
+def job_curves(engine: Any, refs: Sequence[str], path: Optional[Path]) -> Path:
+    """Learning curves of the jobs ``refs`` (key prefixes or ids); default file name from the first."""
+    from invssl.db import queue
+    from invssl.frames import epochs_frame
+
+    infos = [queue.get_job(engine, ref) for ref in refs]
+    curves = {_job_label(i): epochs_frame(queue.job_epochs(engine, i["id"])) for i in infos}
+    more = f"-and-{len(infos) - 1}-more" if len(infos) > 1 else ""
+    return learning_curves(curves, path or Path(f"curves-{infos[0]['key'][:10]}{more}.png"))
+
+
+def sweep_metric(engine: Any, sweep: Optional[str], x: str, y: str, by: Optional[Sequence[str]],
+                 path: Optional[Path]) -> Path:
+    from invssl.frames import load_jobs
+
+    frame = load_jobs(engine, sweep)
+    default = Path(f"{_safe_name(sweep or 'all')}-{_safe_name(y)}-vs-{_safe_name(x)}.png")
+    return metric_vs_field(frame, x, y, path or default, by=by,
+                           title=f"{sweep + ': ' if sweep else ''}{y} against {x}, mean ± std over seeds")
+
+
+def job_reconstructions(engine: Any, ref: str, n: int, path: Optional[Path], *, device: str,
+                        data_root: Optional[str]) -> Path:
+    """``reconstructions`` of ``n`` test inputs by the job's checkpointed network."""
+    from invssl.config import JobConfig
+    from invssl.db import queue
+    from invssl.train import load_model, prepare, resolve_device
+
+    info = queue.get_job(engine, ref)
+    stored = queue.load_checkpoint(engine, info["id"])
+    if stored is None:
+        raise DataError(f"job {info['key'][:10]} ({info['status']}) has no checkpoint yet: "
+                        "nothing to reconstruct with")
+    config = JobConfig(**info["config"])
+    if data_root:
+        config = config.model_copy(update={"data_root": data_root})
+    dev = resolve_device(device)
+    model = load_model(config, stored[1], dev)
+    prep = prepare(config, dev)
+    idx = pick_examples(prep.y_test.cpu(), n)
+    return reconstructions(
+        model, prep.x_test[idx], path or Path(f"reconstruct-{info['key'][:10]}.png"), n=n,
+        labels=prep.y_test[idx].cpu().tolist(), class_names=prep.info.class_names,
+        title=f"{config.label()} (epoch {stored[0]}): inputs and reconstructions A[x]ᵀf(x)")

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -299,9 +299,9 @@ class Plan:
     done_keys: set[str] = field(default_factory=set)  # keys of the jobs already done
 
 
-def plan(path: str | Path, db_url: Optional[str] = None) -> Plan:
+def plan(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[str] = ()) -> Plan:
     """Expand the experiment and compare with the database without writing anything."""
-    experiment, jobs = load_experiment(path)
+    experiment, jobs = load_experiment(path, overrides)
     done_keys = queue.done_keys_readonly(resolve_url(db_url), [j.key for j in jobs])
     groups: dict[tuple[str, int], list[int]] = {}
     for job in jobs:
@@ -321,9 +321,9 @@ class Enqueued:
     keys: list[str]
 
 
-def enqueue(path: str | Path, db_url: Optional[str] = None) -> Enqueued:
+def enqueue(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[str] = ()) -> Enqueued:
     """Validate and expand the experiment (nothing is written if that fails), then enqueue it."""
-    experiment, jobs = load_experiment(path)
+    experiment, jobs = load_experiment(path, overrides)
     engine = open_engine(resolve_url(db_url), upgrade=True)
     try:
         sweep_id = queue.ensure_sweep(engine, experiment.name, experiment.model_dump(mode="json"))

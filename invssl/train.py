@@ -372,7 +372,9 @@ def train(
                 on_step(state.step, n_steps)
         seconds = state.seconds + time.perf_counter() - started
         means = (state.sums / n_steps).tolist()
-        last = {name: v for name, v in zip(LOSS_TERMS, means)}
+        # With alpha 1 the loss has no reconstruction or entropy term: absent, not a flat 0.
+        absent = ("recon", "entropy") if config.alpha == 1.0 else ()
+        last = {name: v for name, v in zip(LOSS_TERMS, means) if name not in absent}
         last.update(evaluate(model, prep, config.distance, autocast))
         last["lr"] = state.opt.param_groups[0]["lr"]
         last["wall_s"] = seconds

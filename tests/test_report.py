@@ -197,7 +197,7 @@ def test_pivot_and_bird10_layout(table_db):
     with pytest.raises(ConfigError, match="no column nope"):
         report.pivot(jobs, "nope", "alpha")
 
-    # 1-D layout: best test accuracy over the last 2 epochs, mean ± std over seeds.
+    # 1-D layout: test accuracy at the best-validation epoch among the last 2, mean ± std over seeds.
     epochs = report.load_epochs(engine, jobs["id"])
     assert len(epochs) == 3 * len(FINISHED)
     b10 = report.bird10_table(jobs, epochs, last=2).set_index("alpha")
@@ -206,7 +206,7 @@ def test_pivot_and_bird10_layout(table_db):
     # alpha=1: Sup50 (72.0) and Sup1000 (98.0, 98.2) are different configs; validation picks Sup1000.
     assert b10.loc["1", "mnist"] == "98.10 ± 0.14 n=2 [best of 2 configs by validation: beta 0]"
     assert b10.loc["0.6", "mnist"] == "99.55 ± 0.07 n=2"
-    # The last 2 of 3 epochs: epoch 3 is the best, so the final accuracy; with last=1 too.
+    # Validation rises every epoch, so the last epoch is chosen: the final accuracy; with last=1 too.
     b10_val = report.bird10_table(jobs, epochs, last=1, metric="val_acc").set_index("alpha")
     assert b10_val.loc["0.6", "mnist"] == "96.25 ± 0.35 n=2"
 

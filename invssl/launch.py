@@ -1,0 +1,230 @@
+"""The work of ``sweep`` (fail-fast checks, enqueue, then workers with a display), ``worker``
+and ``resume``.
+
+Everything that can be wrong with a sweep's environment is checked before a single job is
+queued: every device named, every dataset's files (downloaded here, once, when the file says
+``download: true``). Reusing a sweep name with a changed spec is reported, since its earlier
+jobs stay in the sweep. The outcome says which signal stopped the run and which worker
+processes died; ``cli.py`` turns it into the exit status. One engine serves the whole sweep.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+
+from invssl import progress
+from invssl.config import Experiment, JobConfig, load_experiment
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Outcome:
+    name: str
+    counts: Counter[str]
+    # SIGINT or SIGTERM, if a signal stopped the run; the jobs in progress were handed back.
+    stopped_by: Optional[int] = None
+    died: list[str] = field(default_factory=list)  # one line per worker process that died
+
+    def line(self) -> str:
+        """The sweep's jobs by state, for the last line of its output."""
+        c = self.counts
+        states = ", ".join(f"{c[s]} {s}" for s in ("done", "failed", "pending", "running") if c[s])
+        return f"sweep [bold]{self.name}[/]: {states or 'no jobs'}"
+
+
+def check_devices(names: Iterable[Optional[str]]) -> None:
+    from invssl.runner import check_device
+
+    for name in names:
+        check_device(name)
+
+
+def check_data(jobs: Iterable[JobConfig], data_root: Optional[str], fetch: bool) -> None:
+    """Every dataset's files present (DataError otherwise); downloads them when ``fetch`` and
+    the job allows it. ``data_root`` (the ``--data-root`` option) replaces each job's root."""
+    from invssl import data
+
+    seen: set[str] = set()
+    for job in jobs:
+        root = data_root or job.data_root
+        ident = json.dumps([job.dataset, root, job.download])
+        if ident not in seen:
+            seen.add(ident)
+            data.ensure_files(job.dataset, root=root, download=job.download, fetch=fetch)
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two specs of one sweep, as ``path: old -> new``; where only the data
+    is moved or a grid list grew (the way a grid is meant to grow), nothing."""
+    a, b = _flat(old), _flat(new)
+    out = []
+    for path in sorted(set(a) | set(b)):
+        before, after = a.get(path), b.get(path)
+        if before == after or path in ("data.root", "data.download"):
+            continue
+        if path.startswith("grid.") and isinstance(before, list) and isinstance(after, list) \
+                and all(v in after for v in before):
+            continue
+        out.append(f"{path}: {_show(before)} -> {_show(after)}")
+    return out
+
+
+def _flat(spec: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(spec, dict) and not (prefix.startswith("grid.") or "kind" in spec):
+        out: dict[str, Any] = {}
+        for k, v in spec.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: spec}
+
+
+def _show(value: Any) -> str:
+    return "(none)" if value is None else json.dumps(value, separators=(", ", ": "))
+
+
+def _warn_if_changed(url: str, experiment: Experiment, warn: Say) -> None:
+    from invssl.db import results
+    from invssl.db.session import open_engine
+
+    engine = open_engine(url)
+    try:
+        old = results.sweep_spec(engine, experiment.name)
+    finally:
+        engine.dispose()
+    changes = [] if old is None else spec_changes(old, experiment.model_dump(mode="json"))
+    if changes:
+        warn(f"warning: sweep {experiment.name!r} was enqueued before with another spec "
+             f"({'; '.join(changes)}); its earlier jobs stay in it, and a report over the sweep "
+             "refuses to pool them with the new ones: give the sweep a new name, or pick jobs "
+             "with --where")
+
+
+def run_local(url: str, console: Console, *, device: Optional[str], data_root: Optional[str],
+              sweep_id: Optional[int], total: int, quiet: bool, forever: bool = False,
+              stale_after: float = 120.0, heartbeat: float = 10.0, engine: Any = None) -> Any:
+    """One worker in this process (on ``engine`` if given); returns its summary, whose
+    ``stopped_by`` names the signal that stopped it."""
+    from invssl.runner import Worker
+
+    show = progress.display(total, console, quiet)
+    worker = Worker(url, device=device, data_root=data_root, stale_after_s=stale_after,
+                    heartbeat_s=heartbeat, events=show.events() if show else None, engine=engine)
+    with show or nullcontext():
+        return worker.run(sweep_id=sweep_id, forever=forever)
+
+
+def resume(url: str, console: Console, say: Say, *, device: Optional[str],
+           data_root: Optional[str], retry_failed: bool, max_attempts: int, stale_after: float,
+           quiet: bool) -> tuple[Optional[int], int]:
+    """Dead workers' jobs (and failed ones, with ``retry_failed``) back to the queue, then run
+    every pending job here; returns the signal that stopped the run, if one did, and how many
+    jobs have failed."""
+    from invssl import runner
+    from invssl.db import queue
+    from invssl.db.session import open_engine
+
+    runner.check_device(device)
+    engine = open_engine(url)
+    try:
+        reaped = runner.reap(engine, stale_after)
+        retried = queue.retry_failed(engine, max_attempts=max_attempts) if retry_failed else 0
+        pending = queue.status_counts(engine).get("pending", 0)
+        say(f"resume: {len(reaped)} interrupted, {retried} failed requeued, {pending} pending")
+        stopped_by = None
+        if pending:
+            stopped_by = run_local(url, console, device=device, data_root=data_root, sweep_id=None,
+                                   total=pending, quiet=quiet, engine=engine).stopped_by
+        return stopped_by, queue.status_counts(engine).get("failed", 0)
+    finally:
+        engine.dispose()
+
+
+def dry_run(file: Path, url: str, overrides: Sequence[str], *, device: Optional[str],
+            devices: Optional[str], data_root: Optional[str], calibrate: bool) -> tuple[Any, Any]:
+    """The plan and its time estimate, after the same device and data checks as a real run
+    (nothing downloaded); ``calibrate`` times a few steps of configurations never recorded."""
+    from invssl import estimate, runner
+
+    plan = runner.plan(file, url, overrides)
+    check_devices([device, *(devices.split(",") if devices else [])])
+    check_data(plan.jobs, data_root, fetch=False)
+    jobs = [j.model_copy(update={"data_root": data_root}) for j in plan.jobs] if data_root else plan.jobs
+    est = estimate.estimate(jobs, done=plan.done_keys, device=device, db_url=url,
+                            calibrate_missing=calibrate)
+    return plan, est
+
+
+def plan_table(plan: Any, where: str) -> Any:
+    """The dry run's table: jobs and finished jobs per (topology, N_L)."""
+    from rich.table import Table
+
+    table = Table(title=f"{plan.name}: {plan.total} jobs, {plan.done} already done ({where})")
+    table.add_column("topology")
+    for col in ("N_L", "jobs", "done"):
+        table.add_column(col, justify="right")
+    for (topology, n_l), (jobs, done) in sorted(plan.by_group.items()):
+        table.add_row(topology, str(n_l), str(jobs), str(done))
+    return table
+
+
+def sweep(file: Path, url: str, overrides: Sequence[str], console: Console, say: Say, warn: Say, *,
+          device: Optional[str], devices: Optional[str], workers: int, data_root: Optional[str],
+          enqueue_only: bool, quiet: bool) -> Optional[Outcome]:
+    """Check, enqueue and run a sweep; None with ``enqueue_only``."""
+    from invssl import runner
+    from invssl.db.session import mask_url, open_engine
+
+    experiment, jobs = load_experiment(file, overrides)
+    devs = devices.split(",") if devices else ([device] if device else runner.default_devices())
+    check_devices([device, *devs])
+    check_data(jobs, data_root, fetch=True)
+    _warn_if_changed(url, experiment, warn)
+    enq = runner.enqueue(file, url, overrides)
+    say(f"sweep [bold]{enq.name}[/]: {len(enq.keys)} jobs ({enq.new} new, "
+        f"{enq.existing} already known) in {mask_url(url)}")
+    if enqueue_only:
+        return None
+    engine = open_engine(url)
+    try:
+        return _run(engine, url, enq, console, say, devs, workers=workers, data_root=data_root,
+                    quiet=quiet)
+    finally:
+        engine.dispose()
+
+
+def _run(engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list[str], *,
+         workers: int, data_root: Optional[str], quiet: bool) -> Outcome:
+    from invssl import pool, runner
+    from invssl.db import results
+
+    runner.reap(engine)
+    counts = runner.sweep_counts(engine, enq.name)
+    todo = counts["pending"] + counts["running"]
+    n = workers or max(1, len(devs))
+    outcome = Outcome(enq.name, counts)
+    if todo == 0:
+        say("nothing to do: every job of this sweep has finished")
+    elif n == 1:
+        outcome.stopped_by = run_local(url, console, device=devs[0] if devs else None,
+                                       data_root=data_root, sweep_id=enq.sweep_id, total=todo,
+                                       quiet=quiet, engine=engine).stopped_by
+    else:
+        say(f"started {n} workers" + (f" on {', '.join(devs)}" if devs else ""))
+        show = progress.display(todo, console, quiet)
+        ended = progress.ChildJobs(lambda: results.ended_jobs(engine, enq.sweep_id), show)
+        with show or nullcontext():
+            ran = pool.run_pool(engine, url, n, devs, sweep_id=enq.sweep_id, data_root=data_root,
+                                on_poll=ended)
+            ended()
+        outcome.stopped_by, outcome.died = ran.stopped_by, ran.died
+    outcome.counts = runner.sweep_counts(engine, enq.name)
+    return outcome

@@ -1,0 +1,178 @@
+"""What ``status``, ``show`` and ``jobs`` print: rich tables for people, JSON and CSV for programs.
+
+Output that is not a terminal gets a console as wide as its content, so a table piped to a
+file or a log keeps every value whole instead of being cut to 80 columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:  # pandas costs a second at start-up; only listings need it
+    import pandas as pd
+
+FORMATS: tuple[str, ...] = ("terminal", "json")
+LIST_FORMATS: tuple[str, ...] = ("terminal", "json", "csv")
+# Wide enough for any table; rich sizes a table to its content below this.
+_UNBOUNDED = 100_000
+EPOCH_COLUMNS = ("epoch", "loss", "ce", "recon", "entropy", "val_acc", "test_acc", "recon_err",
+                 "pred_entropy", "dead_units", "collapsed", "lr", "wall_s")
+
+
+def console(stderr: bool = False) -> Console:
+    """A terminal's own width; anything else unbounded and without soft line breaks."""
+    probe = Console(stderr=stderr)
+    if probe.is_terminal:
+        return probe
+    return Console(stderr=stderr, width=_UNBOUNDED, soft_wrap=True)
+
+
+def check_format(fmt: str, valid: tuple[str, ...]) -> None:
+    from invssl.errors import UnknownNameError
+
+    if fmt not in valid:
+        raise UnknownNameError(f"unknown format {fmt!r}; valid: {', '.join(valid)}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes, list, dict)):
+        return value.item()
+    return value
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, default=_plain) + "\n"
+
+
+# ------------------------------------------------------------------------ status
+def status_data(engine: Any, where: str) -> dict[str, Any]:
+    from invssl.db import queue
+
+    return {"database": where, "counts": queue.status_counts(engine),
+            "running": queue.running_jobs(engine), "failed": queue.failed_jobs(engine),
+            "collapsed": queue.collapsed_jobs(engine)}
+
+
+def print_status(out: Console, data: dict[str, Any]) -> None:
+    counts = data["counts"]
+    out.print(f"{data['database']}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
+                                                  ("pending", "running", "done", "failed")),
+              highlight=False)
+    if data["running"]:
+        table = Table(title="running")
+        for col in ("job", "label", "worker", "epochs", "heartbeat age (s)"):
+            table.add_column(col)
+        for job in data["running"]:
+            age = job["heartbeat_age_s"]
+            table.add_row(job["key"][:10], job["label"], job["worker"] or "",
+                          str(job["epochs_done"]), "" if age is None else f"{age:.0f}")
+        out.print(table)
+    for job in data["failed"]:
+        out.print(f"[red]failed[/] {job['key'][:10]} (attempts {job['attempts']}): {job['error']}",
+                  highlight=False)
+    for job in data["collapsed"]:
+        stopped = " (stopped early)" if job["result"].get("stopped_collapsed") else ""
+        out.print(f"[yellow]collapsed[/] {job['key'][:10]} {job['label']}: predictions "
+                  f"entropy {job['result'].get('pred_entropy', 0):.2f} after epoch "
+                  f"{job['epochs_done']}{stopped}", highlight=False)
+
+
+# ------------------------------------------------------------------------ show
+def show_data(engine: Any, ref: str) -> dict[str, Any]:
+    from invssl.db import queue
+
+    info = queue.get_job(engine, ref)
+    epochs = [{**{k: v for k, v in r.items() if k != "extra"}, **(r.get("extra") or {})}
+              for r in queue.job_epochs(engine, info["id"])]
+    return {**info, "epochs": epochs}
+
+
+def print_show(out: Console, info: dict[str, Any]) -> None:
+    out.print(f"job {info['id']} [bold]{info['key']}[/]: {info['status']} "
+              f"(attempts {info['attempts']})", highlight=False)
+    if info.get("error"):
+        out.print(f"[red]error:[/] {info['error']}", highlight=False)
+    out.print("config: " + json.dumps(info["config"], sort_keys=True), highlight=False, markup=False)
+    out.print("environment: " + json.dumps(info.get("env") or {}, sort_keys=True), highlight=False,
+              markup=False)
+    if (info.get("result") or {}).get("collapsed"):
+        out.print("[yellow]collapsed:[/] the network predicts few classes or has a silent "
+                  "layer (pred_entropy, dead_units below)", highlight=False)
+    rows = info["epochs"]
+    if rows:
+        table = Table(title="epochs")
+        for c in EPOCH_COLUMNS:
+            table.add_column(c, justify="right")
+        for r in rows:
+            table.add_row(*("" if r.get(c) is None else (str(r[c]) if c == "epoch" else f"{r[c]:.4g}")
+                            for c in EPOCH_COLUMNS))
+        out.print(table)
+
+
+# ------------------------------------------------------------------------ jobs
+LIST_COLUMNS = ("id", "key", "status", "topology", "dataset", "n_labeled", "alpha", "beta", "seed",
+                "epochs_done", "epochs", "val_acc", "test_acc")
+
+
+def list_jobs(engine: Any, sweep: Optional[str], status: Optional[str],
+              where: dict[str, str]) -> "pd.DataFrame":
+    """Jobs of a sweep (or all) with a status (or any), filtered by ``--where``, in id order:
+    one row per job with its full key, config fields and final metrics."""
+    from invssl.db.models import STATUSES
+    from invssl.errors import UnknownNameError
+    from invssl.frames import filter_where, load_jobs
+
+    if status is not None and status not in STATUSES:
+        raise UnknownNameError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+    jobs = load_jobs(engine, sweep, status=status, allow_empty=True)
+    return filter_where(jobs, where)
+
+
+def jobs_records(jobs: "pd.DataFrame") -> list[dict[str, Any]]:
+    keep = [c for c in jobs.columns if c != "group"]
+    return [{k: _plain(v) for k, v in rec.items() if not (isinstance(v, float) and math.isnan(v))}
+            for rec in jobs[keep].to_dict("records")]
+
+
+def jobs_csv(jobs: "pd.DataFrame") -> str:
+    return jobs[[c for c in jobs.columns if c != "group"]].to_csv(index=False)
+
+
+def print_jobs(out: Console, jobs: "pd.DataFrame") -> None:
+    if jobs.empty:
+        out.print("no jobs match")
+        return
+    cols = [c for c in LIST_COLUMNS if c in jobs.columns]
+    table = Table(title=f"{len(jobs)} jobs (keys: give a prefix to show, plot or reconstruct)")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("key", "status", "topology", "dataset") else "right")
+    for rec in jobs[cols].to_dict("records"):
+        table.add_row(*(_cell(c, rec[c]) for c in cols))
+    out.print(table)
+
+
+_INTEGERS = ("id", "n_labeled", "seed", "epochs", "epochs_done")
+
+
+def _cell(col: str, value: Any) -> str:
+    from invssl.frames import field_text
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if col == "key":
+        return str(value)[:12]
+    if col.endswith("_acc"):
+        return f"{value:.2%}"
+    if col in _INTEGERS:  # a column with a gap reads back as floats
+        return str(int(value))
+    return field_text(col, value)
