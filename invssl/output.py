@@ -107,7 +107,7 @@ def print_show(out: Console, info: dict[str, Any]) -> None:
               markup=False)
     if (info.get("result") or {}).get("collapsed"):
         out.print("[yellow]collapsed:[/] the network predicts few classes or has a silent "
-                  "layer (pred_entropy, dead_units below)", highlight=False)
+                  "layer (its health columns are below)", highlight=False)
     rows = info["epochs"]
     if rows:
         table = Table(title="epochs")
