@@ -74,7 +74,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed worker stays a zombie until its parent polls it; signals still "reach" it, but
+    # it will never finish its job, so it counts as dead (Linux; elsewhere kill is all we have).
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def reap(engine: Any, stale_after_s: float = STALE_AFTER_S) -> list[int]:

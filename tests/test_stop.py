@@ -159,3 +159,18 @@ def test_a_sweep_of_two_workers_holds_a_bounded_number_of_connections(tmp_path, 
     assert len(counts) > 15, counts  # the sweep ran long enough for a leak to show
     # The parent's one engine and, per worker, its main thread and heartbeat thread.
     assert max(counts) <= 5, counts
+
+
+def test_a_killed_worker_not_yet_reaped_counts_as_dead():
+    # Until its parent polls it a killed worker is a zombie, which os.kill(pid, 0) still
+    # reaches; its job must be taken over all the same.
+    from invssl.runner import _pid_alive
+
+    proc = subprocess.Popen(["sleep", "30"])
+    assert _pid_alive(proc.pid)
+    proc.kill()
+    deadline = time.time() + 5
+    while _pid_alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(proc.pid)  # still unreaped here
+    proc.wait()
