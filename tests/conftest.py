@@ -168,3 +168,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'results.db'}"
     return request.getfixturevalue("pg_server").createdb()
+
+
+def jobs_and_epochs(url: str) -> tuple[list, list]:
+    """Every job (by id) and every epoch row of a results database, read back through the ORM."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from invssl.db.models import Epoch, Job
+    from invssl.db.session import open_engine
+
+    engine = open_engine(url)
+    try:
+        with Session(engine) as s:
+            return list(s.scalars(select(Job).order_by(Job.id))), list(s.scalars(select(Epoch)))
+    finally:
+        engine.dispose()

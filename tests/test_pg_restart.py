@@ -5,12 +5,9 @@ import subprocess
 import sys
 import time
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from invssl.db.models import Epoch, Job
-from invssl.db.session import open_engine
 from invssl.runner import enqueue
+from tests.conftest import jobs_and_epochs
 
 GRID = """
 name: restart
@@ -25,15 +22,6 @@ def run_cli(*args, env=None, cwd=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "invssl", *args], cwd=cwd,
                             env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def jobs_and_epochs(url):
-    engine = open_engine(url)
-    try:
-        with Session(engine) as s:
-            return list(s.scalars(select(Job).order_by(Job.id))), list(s.scalars(select(Epoch)))
-    finally:
-        engine.dispose()
 
 
 def wait_for_epochs(url, n, procs, timeout=120):

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import update
 
-from invssl.db.models import Checkpoint, Epoch, Job
+from invssl.db.models import Checkpoint, Job
 from invssl.db.session import open_engine
+from tests.conftest import jobs_and_epochs
 
 TINY = """
 name: tiny
@@ -39,15 +39,6 @@ def one_line_error(proc, *fragments):
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in err, err
-
-
-def jobs_and_epochs(url):
-    engine = open_engine(url)
-    try:
-        with Session(engine) as s:
-            return list(s.scalars(select(Job).order_by(Job.id))), list(s.scalars(select(Epoch)))
-    finally:
-        engine.dispose()
 
 
 def finished_database(tmp_path: Path) -> Path:

@@ -7,13 +7,11 @@ import sys
 import time
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from invssl.db import queue
-from invssl.db.models import Epoch, Job
 from invssl.db.session import open_engine
 from invssl.runner import enqueue
+from tests.conftest import jobs_and_epochs
 
 DATA = "{dataset: chirps, val_size: 20, params: {n_train: 100, n_test: 20, sample_rate: 1000, duration_ms: 50}}"
 TRIVIAL = f"""
@@ -41,15 +39,6 @@ def _worker(url, *args):
                             env=_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _jobs(url):
-    engine = open_engine(url)
-    try:
-        with Session(engine) as s:
-            return list(s.scalars(select(Job).order_by(Job.id))), list(s.scalars(select(Epoch)))
-    finally:
-        engine.dispose()
-
-
 def _enqueue(tmp_path, url, text):
     (tmp_path / "grid.yaml").write_text(text)
     return enqueue(tmp_path / "grid.yaml", url)
@@ -64,7 +53,7 @@ def test_eight_workers_run_every_job_exactly_once(tmp_path, db_url):
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err
         assert "database is locked" not in err + out
-    jobs, epochs = _jobs(db_url)
+    jobs, epochs = jobs_and_epochs(db_url)
     assert [j.status for j in jobs] == ["done"] * 48
     assert all(j.attempts == 1 for j in jobs)
     assert sorted(e.job_id for e in epochs) == sorted(j.id for j in jobs)  # one epoch row each
@@ -76,7 +65,7 @@ def _wait_epochs(url, n, proc, timeout=120):
     start = time.time()
     while time.time() - start < timeout:
         assert proc.poll() is None, proc.stderr.read()
-        jobs, epochs = _jobs(url)
+        jobs, epochs = jobs_and_epochs(url)
         if len(epochs) >= n:
             return
         time.sleep(0.05)
@@ -89,7 +78,7 @@ def test_sigkill_then_another_worker_takes_over_after_the_grace_period(tmp_path,
     _wait_epochs(db_url, 2, first)
     first.kill()
     first.wait()
-    (job,), epochs = _jobs(db_url)
+    (job,), epochs = jobs_and_epochs(db_url)
     before = {e.epoch for e in epochs}
     assert job.status == "running" and 2 <= len(before) < 6
     # Another machine knows nothing of the dead pid: only the stale heartbeat frees the job.
@@ -99,7 +88,7 @@ def test_sigkill_then_another_worker_takes_over_after_the_grace_period(tmp_path,
     assert queue.reap(engine, stale_after_s=1.0) == [job.id]
     second = _worker(db_url, "--stale-after", "1")
     assert second.wait(timeout=300) == 0, second.stderr.read()
-    (job,), epochs = _jobs(db_url)
+    (job,), epochs = jobs_and_epochs(db_url)
     assert job.status == "done" and job.attempts == 2
     assert sorted(e.epoch for e in epochs) == [1, 2, 3, 4, 5, 6]
     assert all(e.attempt == (1 if e.epoch in before else 2) for e in epochs)
@@ -108,7 +97,7 @@ def test_sigkill_then_another_worker_takes_over_after_the_grace_period(tmp_path,
         queue.record_epoch(engine, job.id, 1, 7, {"loss": 0.0}, b"late")
     with pytest.raises(queue.StaleAttemptError):
         queue.finish(engine, job.id, 1, {"test_acc": 0.0})
-    (after,), epochs_after = _jobs(db_url)
+    (after,), epochs_after = jobs_and_epochs(db_url)
     assert after.result == job.result and len(epochs_after) == 6
     assert queue.load_checkpoint(engine, job.id)[1] != b"late"
     engine.dispose()
@@ -119,13 +108,13 @@ def test_sigterm_checkpoints_the_epoch_in_progress_and_exits_0(tmp_path, db_url)
     out = subprocess.run([sys.executable, "-m", "invssl", "sweep", "slow.yaml", "--enqueue-only"],
                          cwd=tmp_path, env=_env(db_url), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "1 jobs (1 new" in out.stdout, out.stderr
-    assert [j.status for j in _jobs(db_url)[0]] == ["pending"]
+    assert [j.status for j in jobs_and_epochs(db_url)[0]] == ["pending"]
     proc = _worker(db_url)
     _wait_epochs(db_url, 1, proc)
     time.sleep(0.2)  # into the next epoch
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
-    (job,), epochs = _jobs(db_url)
+    (job,), epochs = jobs_and_epochs(db_url)
     assert job.status == "pending" and 1 <= job.epochs_done < 6
     engine = open_engine(db_url)
     stored = queue.load_checkpoint(engine, job.id)
@@ -133,7 +122,7 @@ def test_sigterm_checkpoints_the_epoch_in_progress_and_exits_0(tmp_path, db_url)
     engine.dispose()
     proc = _worker(db_url)
     assert proc.wait(timeout=300) == 0
-    (job,), epochs = _jobs(db_url)
+    (job,), epochs = jobs_and_epochs(db_url)
     assert job.status == "done" and sorted(e.epoch for e in epochs) == [1, 2, 3, 4, 5, 6]
 
 
@@ -143,5 +132,5 @@ def test_sweep_with_two_local_workers(tmp_path, sqlite_url):
                           cwd=tmp_path, env=_env(sqlite_url), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "started 2 workers" in proc.stdout and "6 done" in proc.stdout
-    jobs, _ = _jobs(sqlite_url)
+    jobs, _ = jobs_and_epochs(sqlite_url)
     assert len(jobs) == 6 and {j.status for j in jobs} == {"done"}

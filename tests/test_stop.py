@@ -6,11 +6,10 @@ import subprocess
 import sys
 import time
 
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import text
 
-from invssl.db.models import Epoch, Job
 from invssl.db.session import open_engine
+from tests.conftest import jobs_and_epochs
 
 GRID = """
 name: stop
@@ -29,15 +28,6 @@ def start_sweep(tmp_path, url, seeds, epochs=6, *args):
     return subprocess.Popen([sys.executable, "-m", "invssl", "sweep", "grid.yaml", "--quiet", *args],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-
-
-def jobs_and_epochs(url):
-    engine = open_engine(url)
-    try:
-        with Session(engine) as s:
-            return list(s.scalars(select(Job).order_by(Job.id))), list(s.scalars(select(Epoch)))
-    finally:
-        engine.dispose()
 
 
 def wait_until(check, proc, timeout=180):
