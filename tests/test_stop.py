@@ -132,7 +132,7 @@ def test_deleting_the_sqlite_file_mid_sweep_stops_it_with_an_error(tmp_path):
 
 def test_a_sweep_of_two_workers_holds_a_bounded_number_of_connections(tmp_path, pg_server):
     db_url = pg_server.createdb("conn")
-    sweep = start_sweep(tmp_path, db_url, [0, 1], 8, "--workers", "2")
+    sweep = start_sweep(tmp_path, db_url, [0, 1], 16, "--workers", "2")
     engine = open_engine(db_url)
     name = db_url.rsplit("/", 1)[1]
     counts = []
@@ -142,7 +142,7 @@ def test_a_sweep_of_two_workers_holds_a_bounded_number_of_connections(tmp_path, 
                 counts.append(conn.scalar(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"),
                     {"n": name}))
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         engine.dispose()
     assert sweep.returncode == 0, sweep.communicate()
