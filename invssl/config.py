@@ -39,7 +39,7 @@ class JobConfig(BaseModel):
     dataset: str
     data_params: dict[str, Any] = Field(default_factory=dict)
     val_size: int = Field(default=1000, ge=0)
-    n_labeled: int = Field(gt=0)
+    n_labeled: int = Field(ge=0)  # 0: no labels at all, which needs alpha = 0 (clustering)
     seed: int = Field(default=0, ge=0)
     alpha: Schedule = 0.5
     beta: Schedule = 0.5
@@ -71,6 +71,13 @@ class JobConfig(BaseModel):
         if isinstance(raw, dict) and isinstance(raw.get("alpha"), (int, float)) and raw["alpha"] == 1:
             return {**raw, "beta": 0.0}
         return raw
+
+    @model_validator(mode="after")
+    def _no_labels_no_cross_entropy(self) -> JobConfig:
+        if self.n_labeled == 0 and self.alpha != 0:
+            raise ValueError("n_labeled: 0 trains without labels, so alpha must be 0 (got "
+                             f"{_short(self.alpha)})")
+        return self
 
     @field_validator("alpha", "beta", mode="before")
     @classmethod
@@ -120,8 +127,10 @@ TRAIN_FIELDS: tuple[str, ...] = tuple(f for f in JOB_FIELDS if f not in _DATA_KE
 
 
 def _short(value: Any) -> str:
-    if isinstance(value, BaseModel):
-        return json.dumps(value.model_dump(mode="json"), separators=(",", ":"))
+    if isinstance(value, BaseModel):  # a schedule: the short form reports use
+        from invssl.frames import weight_label
+
+        return str(weight_label(value.model_dump(mode="json")))
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 

@@ -258,7 +258,8 @@ def estimate(
     ``data.info`` (tests).
     """
     from invssl import data as datasets
-    from invssl.train import RECON_EVAL, resolve_device
+    from invssl.evaluation import RECON_EVAL
+    from invssl.train import resolve_device
 
     dev = resolve_device(device or "auto")
     done = set(done)

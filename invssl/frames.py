@@ -32,7 +32,8 @@ def weight_label(spec: Any) -> Any:
     """A loss weight for display and grouping: constants as floats, schedules as short text.
 
     ``{"kind": "ramp", "start": 0, "end": 0.5, "until": 10}`` -> ``"ramp(0>0.5@10)"``;
-    ``since`` shows as ``@2-10``; a step schedule as ``"step(0.1>0.5>1@5,10)"``.
+    ``since`` shows as ``@2-10``; a step schedule as ``"step(0.1>0.5>1@5,10)"``; a learned weight
+    as ``"learned(0.5,lr=0.01)"``.
     """
     if spec is None:
         return None
@@ -55,6 +56,8 @@ def weight_label(spec: Any) -> Any:
             values = ">".join(_num(v) for v in spec["values"])
             at = ",".join(_num(a) for a in spec["at"])
             return f"step({values}@{at})"
+        if kind == "learned":
+            return f"learned({_num(spec.get('init', 0.5))},lr={_num(spec.get('lr', 0.01))})"
         return json.dumps(dict(spec), sort_keys=True, separators=(",", ":"))
     return str(spec)
 

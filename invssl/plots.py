@@ -67,7 +67,8 @@ def png_size(size: tuple[float, float]) -> tuple[int, int]:
 # ------------------------------------------------------------------------ learning curves
 def learning_curves(epochs_by_job: Mapping[str, pd.DataFrame | Sequence[Mapping[str, Any]]],
                     path: str | Path, title: Optional[str] = None) -> Path:
-    """Per-epoch curves of several jobs overlaid: accuracy, total loss and CE, recon and entropy.
+    """Per-epoch curves of several jobs overlaid: accuracy, total loss and CE, recon and entropy,
+    and the loss weights alpha(t), beta(t) where they were learned.
 
     ``epochs_by_job`` maps a legend label to that job's epoch rows (a DataFrame or dicts with
     ``epoch`` and any of val_acc, test_acc, loss, ce, recon, entropy). Test accuracy is solid,
@@ -78,8 +79,11 @@ def learning_curves(epochs_by_job: Mapping[str, pd.DataFrame | Sequence[Mapping[
     frames = {k: v.sort_values("epoch") for k, v in frames.items() if not v.empty and "epoch" in v}
     if not frames:
         raise DataError("no epochs recorded for these jobs: nothing to plot")
-    fig = _figure(CURVES_SIZE)
-    ax_acc, ax_loss, ax_rec = fig.subplots(1, 3)
+    # Jobs with learned loss weights get a fourth panel: the weights the trainer chose.
+    learned = any("alpha" in df and df["alpha"].notna().any() for df in frames.values())
+    fig = _figure((CURVES_SIZE[0] * 4 / 3, CURVES_SIZE[1]) if learned else CURVES_SIZE)
+    axes = fig.subplots(1, 4 if learned else 3)
+    ax_acc, ax_loss, ax_rec = axes[:3]
     colors = [f"C{i % 10}" for i in range(len(frames))]
     for (label, df), color in zip(frames.items(), colors):
         named = False
@@ -88,18 +92,24 @@ def learning_curves(epochs_by_job: Mapping[str, pd.DataFrame | Sequence[Mapping[
                 ax_acc.plot(df["epoch"], df[metric] * 100, style, color=color, marker=".",
                             label=None if named else label)
                 named = True
-        for ax, terms in ((ax_loss, ("loss", "ce")), (ax_rec, ("recon", "entropy"))):
+        panels = [(ax_loss, ("loss", "ce")), (ax_rec, ("recon", "entropy"))]
+        if learned:
+            panels.append((axes[3], ("alpha", "beta")))
+        for ax, terms in panels:
             for term, style in zip(terms, ("-", "--")):
                 if term in df and df[term].notna().any():
                     ax.plot(df["epoch"], df[term], style, color=color, marker=".")
     ax_acc.set(title="accuracy (solid: test, dashed: validation)", xlabel="epoch", ylabel="%")
     ax_loss.set(title="loss (solid: total, dashed: cross-entropy)", xlabel="epoch")
     ax_rec.set(title="reconstruction (solid) and entropy (dashed)", xlabel="epoch")
+    if learned:
+        axes[3].set(title="learned weights (solid: alpha, dashed: beta)", xlabel="epoch", ylim=(0, 1))
     from matplotlib.ticker import MaxNLocator
 
-    for ax in (ax_acc, ax_loss, ax_rec):
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.yaxis.get_major_formatter().set_useOffset(False)  # flat curves: no "1e-7 + 10" axis
     if ax_acc.lines:
         ax_acc.legend(fontsize=7, loc="best")
     for ax in (ax_loss, ax_rec):

@@ -86,12 +86,30 @@ class Step(_Spec):
         return tuple(self.values)
 
 
-ScheduleSpec = Annotated[Union[Constant, Ramp, Cosine, Step], Field(discriminator="kind")]
+class Learned(_Spec):
+    """A weight the trainer learns by a one-step look-ahead (docs/method.md, "Learned weights").
+
+    ``init`` is its value at the start; ``lr`` the step size of the Adam optimiser that moves
+    its logit. As a schedule it only gives the starting value: the trainer owns the rest.
+    """
+
+    kind: Literal["learned"]
+    init: float = Field(default=0.5, gt=0, lt=1)  # a sigmoid never reaches 0 or 1
+    lr: float = Field(default=0.01, gt=0)
+
+    def __call__(self, t: float) -> float:
+        return self.init
+
+    def knots(self) -> tuple[float, ...]:
+        return (self.init,)
+
+
+ScheduleSpec = Annotated[Union[Constant, Ramp, Cosine, Step, Learned], Field(discriminator="kind")]
 Schedule = Union[float, ScheduleSpec]
 _adapter: TypeAdapter[ScheduleSpec] = TypeAdapter(ScheduleSpec)
 
 
-def make_schedule(spec: Schedule | dict) -> Constant | Ramp | Cosine | Step:
+def make_schedule(spec: Schedule | dict) -> Constant | Ramp | Cosine | Step | Learned:
     """Build a callable schedule ``t -> value`` from a number, a dict spec or a spec model."""
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return Constant(value=float(spec))

@@ -27,14 +27,11 @@ from invssl import data as datasets
 from invssl import models
 from invssl.config import JobConfig
 from invssl.errors import JobError
-from invssl.health import health, tracking_dead_units
-from invssl.inversion import distance_per_input, reconstruct, ssl_loss
+from invssl.evaluation import evaluate
+from invssl.inversion import ssl_loss
+from invssl.lookahead import Weights, learned_step
 from invssl.schedules import make_schedule
 
-EVAL_BATCH = 1000
-# Reconstruction error is reported on this many test inputs: enough for a stable mean, and it
-# keeps the per-epoch evaluation cheap next to the epoch itself.
-RECON_EVAL = 1000
 # Loss values are checked for NaN/inf every this many steps; each check synchronises the device.
 CHECK_EVERY = 50
 LOSS_TERMS = ("loss", "ce", "recon", "entropy")
@@ -155,45 +152,6 @@ def _index_stream(n: int, total: int, gen: torch.Generator) -> Tensor:
     return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:total]
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: Tensor) -> Tensor:
-    return torch.cat([model(x[i:i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
-
-
-def evaluate(model: nn.Module, prep: Prepared, distance: str, autocast: Any) -> dict[str, float]:
-    """Validation and test accuracy, and the reconstruction error on test inputs."""
-    was_training = model.training
-    model.eval()
-    out: dict[str, float] = {}
-    with autocast():
-        # Health is measured where selection looks: the validation inputs (the test inputs when
-        # there is no validation split).
-        health_on = "val_acc" if len(prep.x_val) else "test_acc"
-        for name, x, y in (("val_acc", prep.x_val, prep.y_val), ("test_acc", prep.x_test, prep.y_test)):
-            if len(x):
-                if name == health_on:
-                    with tracking_dead_units(model) as tracker:
-                        logits = _predict(model, x)
-                    out.update(health(logits.argmax(1), prep.info.num_classes, tracker))
-                else:
-                    logits = _predict(model, x)
-                out[name] = (logits.argmax(1) == y).float().mean().item()
-                if name == "test_acc" and prep.groups_test is not None:
-                    out["test_acc_recording"] = datasets.per_group_accuracy(
-                        logits.cpu(), y.cpu(), prep.groups_test)
-        errs = []
-        x = prep.x_test[:RECON_EVAL]
-        for i in range(0, len(x), EVAL_BATCH // 4):
-            chunk = x[i:i + EVAL_BATCH // 4]
-            with torch.no_grad():
-                _, x_hat = reconstruct(model, chunk)
-            errs.append(distance_per_input(chunk.float(), x_hat.float(), distance))  # type: ignore[arg-type]
-        if errs:
-            out["recon_err"] = torch.cat(errs).mean().item()
-    model.train(was_training)
-    return out
-
-
 @dataclass
 class EpochReport:
     epoch: int  # 1-based: the number of epochs finished
@@ -236,6 +194,7 @@ class _State:
         self.sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=device)
         self.seconds = 0.0  # training wall time of the current epoch before an interruption
         self.collapsed_epochs = 0  # consecutive epochs that ended collapsed
+        self.weights = Weights(config.alpha, config.beta)
 
     def to_bytes(self) -> bytes:
         rng = {"cpu": torch.get_rng_state()}
@@ -247,7 +206,7 @@ class _State:
             "sched": self.sched.state_dict(), "gen": self.gen.get_state(), "rng": rng,
             "epoch": self.epoch, "step": self.step, "lab_order": self.lab_order,
             "unl_order": self.unl_order, "sums": self.sums.cpu(), "seconds": self.seconds,
-            "collapsed_epochs": self.collapsed_epochs,
+            "collapsed_epochs": self.collapsed_epochs, "weights": self.weights.state_dict(),
         }
         buf = io.BytesIO()
         torch.save(blob, buf)
@@ -267,6 +226,8 @@ class _State:
         self.sums = blob["sums"].to(device)
         self.seconds = float(blob["seconds"])
         self.collapsed_epochs = int(blob.get("collapsed_epochs", 0))
+        if "weights" in blob:
+            self.weights.load_state_dict(blob["weights"])
 
 
 def _read_checkpoint(raw: bytes, device: str | torch.device) -> dict[str, Any]:
@@ -321,7 +282,6 @@ def train(
     state = _State(config, model, dev, n_steps)
     if checkpoint is not None:
         state.load(checkpoint, dev)
-    alpha_t, beta_t = make_schedule(config.alpha), make_schedule(config.beta)
     use_bf16 = config.precision == "bf16" and dev.type == "cuda"
 
     def autocast() -> Any:
@@ -350,7 +310,7 @@ def train(
                 return last, state.to_bytes()
             s = state.step
             t = state.epoch + (s / n_steps if config.schedule_per == "step" else 0.0)
-            alpha, beta = alpha_t(t), beta_t(t)
+            alpha, beta = state.weights.at(t)
             li = state.lab_order[s * bl:(s + 1) * bl].to(dev)
             ui = state.unl_order[s * bu:(s + 1) * bu].to(dev)
             with autocast():
@@ -358,7 +318,12 @@ def train(
                                  alpha=alpha, beta=beta, layer_weights=config.layer_weights,
                                  distance=config.distance, weighting=config.weighting)
             state.opt.zero_grad(set_to_none=True)
-            terms.total.backward()
+            if state.weights.any_learned:  # the look-ahead scores the step on the next labeled batch
+                ai = state.lab_order[(s + 1) % n_steps * bl:((s + 1) % n_steps + 1) * bl].to(dev)
+                learned_step(model, terms, state.weights, alpha, beta, state.opt.param_groups[0]["lr"],
+                             prep.x_lab[ai], prep.y_lab[ai])
+            else:
+                terms.total.backward()
             state.opt.step()
             state.sched.step()
             values = torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
@@ -374,9 +339,12 @@ def train(
         means = (state.sums / n_steps).tolist()
         # With alpha 1 the loss has no reconstruction or entropy term: absent, not a flat 0.
         absent = ("recon", "entropy") if config.alpha == 1.0 else ()
+        absent += ("ce",) if config.n_labeled == 0 else ()  # no labels, no cross-entropy
         last = {name: v for name, v in zip(LOSS_TERMS, means) if name not in absent}
         last.update(evaluate(model, prep, config.distance, autocast))
         last["lr"] = state.opt.param_groups[0]["lr"]
+        if state.weights.any_learned:
+            last["alpha"], last["beta"] = state.weights.at(state.epoch + 1)
         last["wall_s"] = seconds
         state.epoch += 1
         state.step = 0

@@ -1,0 +1,45 @@
+"""Scores of a network trained without labels (alpha = 0): its outputs are clusters, not classes.
+
+A cluster has no class name, so accuracy is taken under the best one-to-one matching of
+clusters to classes (Hungarian algorithm on the contingency table), and normalised mutual
+information (arithmetic-mean normalisation) scores the partition itself, matching-free.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+
+def contingency(pred: Tensor, y: Tensor, num_classes: int) -> np.ndarray:
+    """(K clusters, K classes) counts; ``pred`` and ``y``: (N,) integer tensors."""
+    flat = pred.cpu().long() * num_classes + y.cpu().long()
+    return np.bincount(flat.numpy(), minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def matching(table: np.ndarray) -> np.ndarray:
+    """cluster -> class, the one-to-one assignment that agrees with the most examples."""
+    clusters, classes = linear_sum_assignment(table, maximize=True)
+    mapping = np.empty(len(table), dtype=np.int64)
+    mapping[clusters] = classes
+    return mapping
+
+
+def matched_accuracy(pred: Tensor, y: Tensor, mapping: np.ndarray) -> float:
+    """Accuracy once each cluster is renamed to its matched class."""
+    renamed = mapping[pred.cpu().long().numpy()]
+    return float((renamed == y.cpu().long().numpy()).mean())
+
+
+def nmi(table: np.ndarray) -> float:
+    """I(clusters; classes) / mean(H(clusters), H(classes)); 1 when one labelling is a renaming of
+    the other, 0 when they are independent (so 0 when every example falls in one cluster)."""
+    p = table / table.sum()
+    pc, pk = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / np.outer(pc, pk)[nz])).sum())
+    h_c = -float((pc[pc > 0] * np.log(pc[pc > 0])).sum())
+    h_k = -float((pk[pk > 0] * np.log(pk[pk > 0])).sum())
+    denom = (h_c + h_k) / 2
+    return mi / denom if denom > 0 else 1.0  # both labellings constant: identical

@@ -1,0 +1,77 @@
+"""Per-epoch evaluation of a job's network: accuracy, health and reconstruction error.
+
+A job trained without labels (``n_labeled: 0``) is scored as a clustering: its validation
+accuracy under the best matching of clusters to classes found on the validation labels, its
+test accuracy under that same matching (test labels only score, never choose), and the
+normalised mutual information of both (invssl/clustering.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from invssl import clustering
+from invssl import data as datasets
+from invssl.health import health, tracking_dead_units
+from invssl.inversion import distance_per_input, reconstruct
+
+if TYPE_CHECKING:
+    from invssl.train import Prepared
+
+EVAL_BATCH = 1000
+# Reconstruction error is reported on this many test inputs: enough for a stable mean, and it
+# keeps the per-epoch evaluation cheap next to the epoch itself.
+RECON_EVAL = 1000
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    return torch.cat([model(x[i:i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
+
+
+def evaluate(model: nn.Module, prep: Prepared, distance: str, autocast: Any) -> dict[str, float]:
+    """Validation and test accuracy, and the reconstruction error on test inputs."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    unsupervised = len(prep.x_lab) == 0
+    mapping: np.ndarray | None = None
+    k = prep.info.num_classes
+    with autocast():
+        # Health is measured where selection looks: the validation inputs (the test inputs when
+        # there is no validation split).
+        health_on = "val_acc" if len(prep.x_val) else "test_acc"
+        for name, x, y in (("val_acc", prep.x_val, prep.y_val), ("test_acc", prep.x_test, prep.y_test)):
+            if len(x):
+                if name == health_on:
+                    with tracking_dead_units(model) as tracker:
+                        logits = _predict(model, x)
+                    out.update(health(logits.argmax(1), k, tracker))
+                else:
+                    logits = _predict(model, x)
+                pred = logits.argmax(1)
+                if unsupervised:
+                    table = clustering.contingency(pred, y, k)
+                    mapping = clustering.matching(table) if mapping is None else mapping
+                    out[name] = clustering.matched_accuracy(pred, y, mapping)
+                    out[name.replace("_acc", "_nmi")] = clustering.nmi(table)
+                else:
+                    out[name] = (pred == y).float().mean().item()
+                if name == "test_acc" and prep.groups_test is not None and not unsupervised:
+                    out["test_acc_recording"] = datasets.per_group_accuracy(
+                        logits.cpu(), y.cpu(), prep.groups_test)
+        errs = []
+        x = prep.x_test[:RECON_EVAL]
+        for i in range(0, len(x), EVAL_BATCH // 4):
+            chunk = x[i:i + EVAL_BATCH // 4]
+            with torch.no_grad():
+                _, x_hat = reconstruct(model, chunk)
+            errs.append(distance_per_input(chunk.float(), x_hat.float(), distance))  # type: ignore[arg-type]
+        if errs:
+            out["recon_err"] = torch.cat(errs).mean().item()
+    model.train(was_training)
+    return out
