@@ -57,6 +57,8 @@ class JobConfig(BaseModel):
     schedule_per: Literal["step", "epoch"] = "step"
     weighting: Literal["logits", "softmax", "bias_free"] = "logits"
     distance: Literal["mse", "cosine"] = "mse"
+    # "balanced": E minus the entropy of the batch's mean prediction (docs/method.md, section 6).
+    entropy: Literal["per_input", "balanced"] = "per_input"
     layer_weights: Optional[dict[str, float]] = None
     precision: Literal["fp32", "bf16"] = "fp32"
     data_root: Optional[str] = None

@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 Weighting = Literal["logits", "softmax", "bias_free"]
 Distance = Literal["mse", "cosine"]
+EntropyForm = Literal["per_input", "balanced"]
 WEIGHTINGS: tuple[str, ...] = ("logits", "softmax", "bias_free")
 DISTANCES: tuple[str, ...] = ("mse", "cosine")
 
@@ -352,6 +353,12 @@ def entropy(logits: Tensor) -> Tensor:
     return -(log_p.exp() * log_p).sum(dim=-1)
 
 
+def marginal_entropy(logits: Tensor) -> Tensor:
+    """() entropy of the batch's mean prediction: high when the rows spread over the classes."""
+    p = logits.softmax(dim=-1).mean(dim=0)  # (K,)
+    return -(p * p.clamp_min(1e-12).log()).sum()
+
+
 def _check_weight(name: str, value: float) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
@@ -395,6 +402,7 @@ def ssl_loss(
     layer_weights: Mapping[str, float] | None = None,
     distance: Distance = "mse",
     weighting: Weighting = "logits",
+    entropy_form: EntropyForm = "per_input",
 ) -> LossTerms:
     """``alpha*CE + (1-alpha)*(beta*R + (1-beta)*E)`` (docs/method.md, section 2).
 
@@ -402,7 +410,8 @@ def ssl_loss(
     E over the unlabeled ones. With ``layer_weights`` ({layer name or "output": gamma}) R is
     ``sum_l gamma_l * distance(x, f_l^{-1}(x))``. Terms that carry zero weight are not
     computed (alpha=1 costs no reconstruction, beta=0 no backward to the input); they are
-    reported as 0.
+    reported as 0. ``entropy_form="balanced"`` subtracts the entropy of the unlabeled batch's
+    mean prediction from E, so that putting every input in one class no longer minimises it.
     """
     alpha = _check_weight("alpha", alpha)
     beta = _check_weight("beta", beta)
@@ -448,5 +457,7 @@ def ssl_loss(
 
     ce = F.cross_entropy(logits[:n_l], y_labeled) if n_l else zero
     ent = entropy(logits[n_l:]).mean() if n_u and beta < 1 else zero
+    if entropy_form == "balanced" and n_u and beta < 1:
+        ent = ent - marginal_entropy(logits[n_l:])
     total = alpha * ce + (1 - alpha) * (beta * recon + (1 - beta) * ent)
     return LossTerms(total, ce, recon, ent, logits)

@@ -316,7 +316,8 @@ def train(
             with autocast():
                 terms = ssl_loss(model, prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui],
                                  alpha=alpha, beta=beta, layer_weights=config.layer_weights,
-                                 distance=config.distance, weighting=config.weighting)
+                                 distance=config.distance, weighting=config.weighting,
+                                 entropy_form=config.entropy)
             state.opt.zero_grad(set_to_none=True)
             if state.weights.any_learned:  # the look-ahead scores the step on the next labeled batch
                 ai = state.lab_order[(s + 1) % n_steps * bl:((s + 1) % n_steps + 1) * bl].to(dev)

@@ -147,3 +147,26 @@ def test_cli_runs_a_sweep_without_labels_end_to_end(tmp_path):
                  "--format", "csv")
     assert report.returncode == 0, report.stderr
     assert "test_nmi" in report.stdout
+
+
+def test_balanced_entropy_is_mean_entropy_minus_entropy_of_the_mean_by_hand():
+    from invssl.inversion import marginal_entropy
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0], [-2.0, 0.5, 4.0]],
+                          dtype=torch.float64)
+    p = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(1, keepdims=True)
+    h = lambda q: -(q * np.log(q)).sum(-1)  # noqa: E731
+    assert marginal_entropy(logits).item() == pytest.approx(h(p.mean(0)), rel=1e-12)
+    model, x_l, y_l, x_u, _, _ = _tiny(2)
+    per_input = ssl_loss(model, x_l, y_l, x_u, alpha=0.2, beta=0.3)
+    balanced = ssl_loss(model, x_l, y_l, x_u, alpha=0.2, beta=0.3, entropy_form="balanced")
+    assert balanced.entropy.item() == pytest.approx(
+        per_input.entropy.item() - marginal_entropy(per_input.logits[len(x_l):]).item(), rel=1e-12)
+    assert balanced.total.item() == pytest.approx(
+        0.2 * balanced.ce.item() + 0.8 * (0.3 * balanced.recon.item() + 0.7 * balanced.entropy.item()))
+    # One class for every input: the per-input form's minimum (0), no longer the balanced one's.
+    one_class = torch.tensor([[9.0, 0.0, 0.0]] * 4, dtype=torch.float64)
+    spread = torch.tensor([[9.0, 0, 0], [0, 9.0, 0], [0, 0, 9.0], [9.0, 0, 0]], dtype=torch.float64)
+    from invssl.inversion import entropy
+    balanced_e = lambda z: (entropy(z).mean() - marginal_entropy(z)).item()  # noqa: E731
+    assert balanced_e(spread) < balanced_e(one_class) - 0.9

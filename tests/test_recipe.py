@@ -175,7 +175,7 @@ def test_migration_gives_older_jobs_the_recipe_they_ran_with(sqlite_url):
     open_engine(sqlite_url).dispose()
     alembic_on(sqlite_url, command.downgrade, "0001")
     old = JobConfig(**BASE).model_dump(mode="json")
-    for k in ("input_scaling", "init", "lr_warmup", "collapse_patience"):
+    for k in ("input_scaling", "init", "lr_warmup", "collapse_patience", "entropy"):
         del old[k]
     identity = {k: v for k, v in old.items() if k not in ("data_root", "download", "device")}
     old_key = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":"))
