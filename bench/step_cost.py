@@ -16,6 +16,9 @@ For every zoo topology on the MNIST shape (1, 28, 28), and Audio1D on a 1 s, 16 
   bias_free     ssl with weighting "bias_free" (a forward-mode JVP, then the backward to the input)
   layers        ssl with the per-layer loss (``layer_weights``): every top-level pooling output
                 (activation when there is none) and the output, equal weights
+  learned       ssl with learned alpha and beta (invssl/lookahead.py): the three terms'
+                gradients taken one by one, then the look-ahead forward/backward of the labeled
+                batch at the updated weights; its "backward" phase holds all of that
 
 Every repeat runs each arm once, in turn (sup, ssl, ...), so background load hits all arms alike;
 the figures are medians over repeats, after one warm-up step per arm. Each step is timed in three
@@ -54,6 +57,7 @@ from torch import nn
 
 from invssl import inversion, models
 from invssl.inversion import ssl_loss
+from invssl.lookahead import Weights, learned_step
 from invssl.train import tune_cpu_allocator
 from _common import add_runtime_options, apply_runtime_options
 
@@ -61,7 +65,7 @@ IMAGE_SHAPE = (1, 28, 28)
 SIGNAL_SHAPES = {"Audio1D": (1, 16000)}
 NUM_CLASSES = 10
 ALPHA, BETA = 0.5, 0.5
-ARMS = ("sup", "ssl", "ssl autograd", "softmax", "bias_free", "layers", "sup L")
+ARMS = ("sup", "ssl", "ssl autograd", "softmax", "bias_free", "layers", "sup L", "learned")
 PHASES = ("loss", "backward", "adam")
 
 
@@ -103,6 +107,7 @@ class Bench:
         self.x_all = torch.cat([self.x_l, self.x_u])
         self.y_all = torch.randint(NUM_CLASSES, (b_l + b_u,), device=device)
         self.layers = layer_weights(self.model)
+        self.weights = Weights({"kind": "learned", "init": ALPHA}, {"kind": "learned", "init": BETA})
 
     def loss(self, arm: str) -> torch.Tensor:
         m, none = self.model, self.x_l[:0]
@@ -123,6 +128,15 @@ class Bench:
     def step(self, arm: str, clock: Callable[[], float]) -> list[float]:
         """One full training step; returns the seconds of its three phases."""
         t0 = clock()
+        if arm == "learned":  # the ssl step, with alpha and beta moved by the look-ahead
+            alpha, beta = self.weights.at(0.0)
+            terms = ssl_loss(self.model, self.x_l, self.y_l, self.x_u, alpha=alpha, beta=beta)
+            t1 = clock()
+            self.opt.zero_grad(set_to_none=True)
+            learned_step(self.model, terms, self.weights, alpha, beta, 1e-4, self.x_l, self.y_l)
+            t2 = clock()
+            self.opt.step()
+            return [t1 - t0, t2 - t1, clock() - t2]
         total = self.loss(arm)
         t1 = clock()
         self.opt.zero_grad(set_to_none=True)
@@ -302,6 +316,8 @@ def main() -> None:
     header += [f"{a} ms (/sup)" for a in extra]
     if "sup L" in arms:
         header += ["sup L ms"]
+    if "learned" in arms:
+        header += ["learned ms", "learned/ssl"]
     if memory:
         header += ["peak MB sup", "peak MB ssl"]
     rows = []
@@ -313,6 +329,8 @@ def main() -> None:
         row += [f"{ms(r[a][0])} ({r[a][0] / sup:.2f})" for a in extra]
         if "sup L" in arms:
             row += [ms(r["sup L"][0])]
+        if "learned" in arms:
+            row += [ms(r["learned"][0]), f"{r['learned'][0] / r['ssl'][0]:.2f}"]
         if memory:
             row += [f"{memory[name].get('sup', float('nan')):.0f}", f"{memory[name].get('ssl', float('nan')):.0f}"]
         rows.append(row)
