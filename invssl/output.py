@@ -23,6 +23,8 @@ LIST_FORMATS: tuple[str, ...] = ("terminal", "json", "csv")
 _UNBOUNDED = 100_000
 EPOCH_COLUMNS = ("epoch", "loss", "ce", "recon", "entropy", "val_acc", "test_acc", "recon_err",
                  "pred_entropy", "dead_units", "collapsed", "lr", "wall_s")
+# Shown when some epoch has them: clustering scores (no labels) and learned loss weights.
+OPTIONAL_EPOCH_COLUMNS = ("val_nmi", "test_nmi", "alpha", "beta")
 
 
 def console(stderr: bool = False) -> Console:
@@ -111,11 +113,13 @@ def print_show(out: Console, info: dict[str, Any]) -> None:
     rows = info["epochs"]
     if rows:
         table = Table(title="epochs")
-        for c in EPOCH_COLUMNS:
+        columns = EPOCH_COLUMNS + tuple(c for c in OPTIONAL_EPOCH_COLUMNS
+                                        if any(r.get(c) is not None for r in rows))
+        for c in columns:
             table.add_column(c, justify="right")
         for r in rows:
             table.add_row(*("" if r.get(c) is None else (str(r[c]) if c == "epoch" else f"{r[c]:.4g}")
-                            for c in EPOCH_COLUMNS))
+                            for c in columns))
         out.print(table)
 
 

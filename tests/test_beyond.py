@@ -147,6 +147,10 @@ def test_cli_runs_a_sweep_without_labels_end_to_end(tmp_path):
                  "--format", "csv")
     assert report.returncode == 0, report.stderr
     assert "test_nmi" in report.stdout
+    cells = report.stdout.splitlines()
+    assert cells[0].startswith("n_labeled,beta,metric,mean") and cells[1].startswith("0,0.5,test_nmi,")
+    shown = run("show", jobs[0]["key"][:10])
+    assert shown.returncode == 0 and "val_nmi" in shown.stdout and "test_nmi" in shown.stdout
 
 
 def test_balanced_entropy_is_mean_entropy_minus_entropy_of_the_mean_by_hand():
