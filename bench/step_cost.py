@@ -10,7 +10,7 @@ For every zoo topology on the MNIST shape (1, 28, 28), and Audio1D on a 1 s, 16 
                 unlabeled batch altogether; that one is the column "sup L".)
   ssl           alpha = beta = 0.5, weighting "logits": the default SSL step, as the trainer runs it
   ssl autograd  the same loss through plain autograd's double backward (the code before issue 7;
-                see ``inversion.FAST_CONV_DEVICES``): the "before" of the ratio, measured in the
+                see ``fastconv.FAST_CONV_DEVICES``): the "before" of the ratio, measured in the
                 same run, interleaved with the others
   softmax       ssl with weighting "softmax"
   bias_free     ssl with weighting "bias_free" (a forward-mode JVP, then the backward to the input)
@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from invssl import inversion, models
+from invssl import fastconv, inversion, models
 from invssl.inversion import ssl_loss
 from invssl.train import tune_cpu_allocator
 from _common import add_runtime_options, apply_runtime_options
@@ -80,12 +80,12 @@ def layer_weights(model: nn.Module) -> dict[str, float]:
 @contextmanager
 def autograd_double_backward() -> Iterator[None]:
     """The plain-autograd path of ``ssl_loss``: the baseline of issue 7."""
-    saved = set(inversion.FAST_CONV_DEVICES)
-    inversion.FAST_CONV_DEVICES.clear()
+    saved = set(fastconv.FAST_CONV_DEVICES)
+    fastconv.FAST_CONV_DEVICES.clear()
     try:
         yield
     finally:
-        inversion.FAST_CONV_DEVICES.update(saved)
+        fastconv.FAST_CONV_DEVICES.update(saved)
 
 
 class Bench:
@@ -220,7 +220,7 @@ def cpu_probe(name: str, arm: str, b_l: int, b_u: int) -> float:
 def cpu_peak_mb(name: str, arm: str, b_l: int, b_u: int, threads: int, malloc: str) -> float:
     cmd = [sys.executable, __file__, "--_probe", json.dumps([name, arm, b_l, b_u]),
            "--threads", str(threads), "--malloc", malloc,
-           "--fast-conv-devices", ",".join(sorted(inversion.FAST_CONV_DEVICES))]
+           "--fast-conv-devices", ",".join(sorted(fastconv.FAST_CONV_DEVICES))]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -275,7 +275,7 @@ def main() -> None:
         cpu = torch.cuda.get_device_name(device)
     print(f"# step cost: device={device} ({cpu}) torch={torch.__version__} threads={torch.get_num_threads()} "
           f"batch={b_l}+{b_u} repeats={args.repeats} (medians, arms interleaved) malloc={args.malloc} "
-          f"fast-conv devices={sorted(inversion.FAST_CONV_DEVICES)}")
+          f"fast-conv devices={sorted(fastconv.FAST_CONV_DEVICES)}")
     results: dict[str, dict[str, list[float]]] = {}
     memory: dict[str, dict[str, float]] = {}
     for name in names:

@@ -323,10 +323,10 @@ class StridedGrouped(nn.Module):
 @pytest.fixture
 def fast_conv(monkeypatch):
     """Run a function with the oneDNN double-backward path on and off."""
-    from invssl import inversion
+    from invssl import fastconv
 
     def run(fn, enabled):
-        monkeypatch.setattr(inversion, "FAST_CONV_DEVICES", {"cpu"} if enabled else set())
+        monkeypatch.setattr(fastconv, "FAST_CONV_DEVICES", {"cpu"} if enabled else set())
         return fn()
 
     return run
@@ -362,19 +362,19 @@ def test_native_conv_double_backward_matches_autograd(fast_conv, name, kwargs):
 
 def test_native_conv_path_skips_the_input_leaf_gradient(fast_conv, monkeypatch):
     """After x_hat exists, no backward computes the gradient of the internal input leaf."""
-    from invssl import inversion
+    from invssl import fastconv
 
     model, shape = nets()["cnn_max"]
     x = torch.randn(3, *shape)
     masks = []  # output masks of conv1's kernel calls (conv1 is the one reading the input)
-    original = inversion._conv_backward
+    original = fastconv._conv_backward
 
     def spy(grad_out, inp, weight, *args):
         if weight.shape[1] == shape[0]:
             masks.append(tuple(args[-1][:2]))
         return original(grad_out, inp, weight, *args)
 
-    monkeypatch.setattr(inversion, "_conv_backward", spy)
+    monkeypatch.setattr(fastconv, "_conv_backward", spy)
 
     def step():
         _, x_hat = reconstruct(model, x)
