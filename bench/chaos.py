@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from invssl.db import queue
+from invssl.db import reads
 from invssl.db.session import mask_url, open_engine, resolve_url
 
 GRID = """
@@ -49,10 +49,10 @@ def snapshot(engine, n_jobs: int) -> dict[int, dict]:
     """Per job: status, attempts, result and {epoch: attempt} as the database holds them now."""
     jobs = {}
     for job_id in range(1, n_jobs + 1):
-        info = queue.get_job(engine, str(job_id))
+        info = reads.get_job(engine, str(job_id))
         jobs[job_id] = {"status": info["status"], "attempts": info["attempts"],
                         "result": info["result"],
-                        "epochs": {r["epoch"]: r["attempt"] for r in queue.job_epochs(engine, job_id)}}
+                        "epochs": {r["epoch"]: r["attempt"] for r in reads.job_epochs(engine, job_id)}}
     return jobs
 
 
@@ -90,7 +90,7 @@ def main() -> None:
     kills = 0
     while kills < args.kills:
         time.sleep(rng.expovariate(1.0 / args.every))
-        running = {j["pid"] for j in queue.running_jobs(engine)}
+        running = {j["pid"] for j in reads.running_jobs(engine)}
         busy = [w for w in workers if w.poll() is None and w.pid in running]
         if not busy:
             if all(w.poll() is not None for w in workers):

@@ -138,38 +138,23 @@ def read_database(url: str, keys: Iterable[str], device_kind: str, device_name: 
                   n_train: Callable[[JobConfig], Optional[int]]) -> _Recorded:
     """Epochs already finished per job, and recorded seconds per step per cost class on a device
     like this one. Creates nothing: a missing SQLite file or schema reads as empty."""
-    from sqlalchemy import inspect, select
+    from invssl.db.reads import recorded_epochs
 
-    from invssl.db.models import Epoch, Job
-    from invssl.db.session import peek
-
-    out = _Recorded()
-    wanted = set(keys)
+    epochs_done, rows = recorded_epochs(url, keys)
     per_key: dict[CostKey, list[float]] = defaultdict(list)
-    with peek(url) as conn:
-        if conn is not None:
-            tables = inspect(conn)
-            if not (tables.has_table(Job.__tablename__) and tables.has_table(Epoch.__tablename__)):
-                return out
-            for key, done in conn.execute(select(Job.key, Job.epochs_done)):
-                if key in wanted and done:
-                    out.epochs_done[key] = int(done)
-            query = (select(Job.config, Job.env, Epoch.wall_s)
-                     .join(Epoch, Epoch.job_id == Job.id).where(Epoch.wall_s.is_not(None)))
-            for config, env, wall_s in conn.execute(query):
-                env = env or {}
-                if str(env.get("device", "")).split(":")[0] != device_kind or env.get("device_name") != device_name:
-                    continue
-                try:
-                    job = JobConfig(**config)
-                except Exception:  # a config this version no longer accepts
-                    continue
-                size = n_train(job)
-                if size is None or not wall_s or wall_s <= 0:
-                    continue
-                per_key[cost_key(job)].append(float(wall_s) / job_steps(job, size))
-    out.step_s = {k: statistics.median(v) for k, v in per_key.items()}
-    return out
+    for config, env, wall_s in rows:
+        env = env or {}
+        if str(env.get("device", "")).split(":")[0] != device_kind or env.get("device_name") != device_name:
+            continue
+        try:
+            job = JobConfig(**config)
+        except Exception:  # a config this version no longer accepts
+            continue
+        size = n_train(job)
+        if size is None or wall_s <= 0:
+            continue
+        per_key[cost_key(job)].append(wall_s / job_steps(job, size))
+    return _Recorded(epochs_done, {k: statistics.median(v) for k, v in per_key.items()})
 
 
 # ------------------------------------------------------------------------------------ calibration

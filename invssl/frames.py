@@ -86,9 +86,9 @@ def load_jobs(engine: Any, sweep: Optional[str] = None, *, status: Optional[str]
     Raises UnknownNameError for an unknown sweep and, unless ``allow_empty``, NoResultsError
     when nothing matches.
     """
-    from invssl.db import results
+    from invssl.db import reads
 
-    rows = results.job_rows(engine, sweep, status=status)
+    rows = reads.job_rows(engine, sweep, status=status)
     if not rows and not allow_empty:
         where = f"sweep {sweep!r}" if sweep is not None else "the database"
         what = f"{status} jobs" if status else "jobs"
@@ -98,9 +98,9 @@ def load_jobs(engine: Any, sweep: Optional[str] = None, *, status: Optional[str]
 
 def load_epochs(engine: Any, job_ids: Iterable[int]) -> pd.DataFrame:
     """Per-epoch metrics of the given jobs: one row per (job_id, epoch), ``extra`` flattened."""
-    from invssl.db import results
+    from invssl.db import reads
 
-    return epochs_frame(results.epoch_rows(engine, job_ids))
+    return epochs_frame(reads.epoch_rows(engine, job_ids))
 
 
 def epochs_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

@@ -92,12 +92,12 @@ def _show(value: Any) -> str:
 
 
 def _warn_if_changed(url: str, experiment: Experiment, warn: Say) -> None:
-    from invssl.db import results
+    from invssl.db import reads
     from invssl.db.session import open_engine
 
     engine = open_engine(url)
     try:
-        old = results.sweep_spec(engine, experiment.name)
+        old = reads.sweep_spec(engine, experiment.name)
     finally:
         engine.dispose()
     changes = [] if old is None else spec_changes(old, experiment.model_dump(mode="json"))
@@ -129,7 +129,7 @@ def resume(url: str, console: Console, say: Say, *, device: Optional[str],
     every pending job here; returns the signal that stopped the run, if one did, and how many
     jobs have failed."""
     from invssl import runner
-    from invssl.db import queue
+    from invssl.db import queue, reads
     from invssl.db.session import open_engine
 
     runner.check_device(device)
@@ -137,13 +137,13 @@ def resume(url: str, console: Console, say: Say, *, device: Optional[str],
     try:
         reaped = runner.reap(engine, stale_after)
         retried = queue.retry_failed(engine, max_attempts=max_attempts) if retry_failed else 0
-        pending = queue.status_counts(engine).get("pending", 0)
+        pending = reads.status_counts(engine).get("pending", 0)
         say(f"resume: {len(reaped)} interrupted, {retried} failed requeued, {pending} pending")
         stopped_by = None
         if pending:
             stopped_by = run_local(url, console, device=device, data_root=data_root, sweep_id=None,
                                    total=pending, quiet=quiet, engine=engine).stopped_by
-        return stopped_by, queue.status_counts(engine).get("failed", 0)
+        return stopped_by, reads.status_counts(engine).get("failed", 0)
     finally:
         engine.dispose()
 
@@ -204,7 +204,7 @@ def sweep(file: Path, url: str, overrides: Sequence[str], console: Console, say:
 def _run(engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list[str], *,
          workers: int, data_root: Optional[str], quiet: bool) -> Outcome:
     from invssl import pool, runner
-    from invssl.db import results
+    from invssl.db import reads
 
     runner.reap(engine)
     counts = runner.sweep_counts(engine, enq.name)
@@ -220,7 +220,7 @@ def _run(engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list
     else:
         say(f"started {n} workers" + (f" on {', '.join(devs)}" if devs else ""))
         show = progress.display(todo, console, quiet)
-        ended = progress.ChildJobs(lambda: results.ended_jobs(engine, enq.sweep_id), show)
+        ended = progress.ChildJobs(lambda: reads.ended_jobs(engine, enq.sweep_id), show)
         with show or nullcontext():
             ran = pool.run_pool(engine, url, n, devs, sweep_id=enq.sweep_id, data_root=data_root,
                                 on_poll=ended)

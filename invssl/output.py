@@ -56,11 +56,11 @@ def to_json(obj: Any) -> str:
 
 # ------------------------------------------------------------------------ status
 def status_data(engine: Any, where: str) -> dict[str, Any]:
-    from invssl.db import queue
+    from invssl.db import reads
 
-    return {"database": where, "counts": queue.status_counts(engine),
-            "running": queue.running_jobs(engine), "failed": queue.failed_jobs(engine),
-            "collapsed": queue.collapsed_jobs(engine)}
+    return {"database": where, "counts": reads.status_counts(engine),
+            "running": reads.running_jobs(engine), "failed": reads.failed_jobs(engine),
+            "collapsed": reads.collapsed_jobs(engine)}
 
 
 def print_status(out: Console, data: dict[str, Any]) -> None:
@@ -89,11 +89,11 @@ def print_status(out: Console, data: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------ show
 def show_data(engine: Any, ref: str) -> dict[str, Any]:
-    from invssl.db import queue
+    from invssl.db import reads
 
-    info = queue.get_job(engine, ref)
+    info = reads.get_job(engine, ref)
     epochs = [{**{k: v for k, v in r.items() if k != "extra"}, **(r.get("extra") or {})}
-              for r in queue.job_epochs(engine, info["id"])]
+              for r in reads.job_epochs(engine, info["id"])]
     return {**info, "epochs": epochs}
 
 

@@ -300,11 +300,11 @@ def _job_label(info: dict) -> str:
 
 def job_curves(engine: Any, refs: Sequence[str], path: Optional[Path]) -> Path:
     """Learning curves of the jobs ``refs`` (key prefixes or ids); default file name from the first."""
-    from invssl.db import queue
+    from invssl.db import reads
     from invssl.frames import epochs_frame
 
-    infos = [queue.get_job(engine, ref) for ref in refs]
-    curves = {_job_label(i): epochs_frame(queue.job_epochs(engine, i["id"])) for i in infos}
+    infos = [reads.get_job(engine, ref) for ref in refs]
+    curves = {_job_label(i): epochs_frame(reads.job_epochs(engine, i["id"])) for i in infos}
     more = f"-and-{len(infos) - 1}-more" if len(infos) > 1 else ""
     return learning_curves(curves, path or Path(f"curves-{infos[0]['key'][:10]}{more}.png"))
 
@@ -323,10 +323,10 @@ def job_reconstructions(engine: Any, ref: str, n: int, path: Optional[Path], *, 
                         data_root: Optional[str]) -> Path:
     """``reconstructions`` of ``n`` test inputs by the job's checkpointed network."""
     from invssl.config import JobConfig
-    from invssl.db import queue
+    from invssl.db import queue, reads
     from invssl.train import load_model, prepare, resolve_device
 
-    info = queue.get_job(engine, ref)
+    info = reads.get_job(engine, ref)
     stored = queue.load_checkpoint(engine, info["id"])
     if stored is None:
         raise DataError(f"job {info['key'][:10]} ({info['status']}) has no checkpoint yet: "

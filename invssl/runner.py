@@ -26,7 +26,7 @@ import torch
 
 from invssl import __version__
 from invssl.config import JobConfig, load_experiment
-from invssl.db import queue
+from invssl.db import queue, reads
 from invssl.db.session import open_engine, resolve_url
 from invssl.errors import DatabaseLost, InvsslError, JobError
 from invssl.train import EpochReport, Prepared, resolve_device, train
@@ -308,7 +308,7 @@ class Plan:
 def plan(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[str] = ()) -> Plan:
     """Expand the experiment and compare with the database without writing anything."""
     experiment, jobs = load_experiment(path, overrides)
-    done_keys = queue.done_keys_readonly(resolve_url(db_url), [j.key for j in jobs])
+    done_keys = reads.done_keys_readonly(resolve_url(db_url), [j.key for j in jobs])
     groups: dict[tuple[str, int], list[int]] = {}
     for job in jobs:
         g = groups.setdefault((job.topology, job.n_labeled), [0, 0])
@@ -340,7 +340,7 @@ def enqueue(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[
 
 
 def sweep_counts(engine: Any, sweep: str) -> Counter[str]:
-    return Counter(queue.status_counts(engine, sweep=sweep))
+    return Counter(reads.status_counts(engine, sweep=sweep))
 
 
 def default_devices() -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 
 from invssl import plots, report
 from invssl.config import JobConfig
-from invssl.db import queue
+from invssl.db import queue, reads
 from invssl.db.session import open_engine, open_existing
 from invssl.errors import ConfigError, DatabaseError, DataError, UnknownNameError
 
@@ -105,7 +105,7 @@ def table_db(tmp_path_factory):
 # --------------------------------------------------------------------------- Table 2
 def test_table2_selects_by_validation_and_matches_hand_computation(table_db):
     engine = open_existing(table_db)
-    counts = queue.status_counts(engine, sweep="table2")
+    counts = reads.status_counts(engine, sweep="table2")
     assert [counts.get(s, 0) for s in ("done", "running", "failed", "pending")] == [len(FINISHED), 1, 1, 1]
     jobs = report.load_jobs(engine, "table2")
     assert set(jobs["status"]) == {"done"} and len(jobs) == len(FINISHED)

@@ -122,20 +122,28 @@ def read_connection(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{READONLY: True})
 
 
+def _missing_file(url: URL) -> bool:
+    """A SQLite URL naming a file that does not exist (yet)."""
+    database = url.database
+    return (url.get_backend_name() == "sqlite" and sqlitefile.is_file(database)
+            and not Path(str(database)).expanduser().exists())
+
+
 @contextmanager
-def peek(url: str) -> Iterator[Optional[Connection]]:
-    """A read-only connection for a dry run: creates nothing, None where no SQLite file exists.
+def peek(url: str, *tables: Any) -> Iterator[Optional[Connection]]:
+    """A read-only connection for a dry run, which creates nothing; None where there is nothing
+    to read yet: no SQLite file, or not all of ``tables`` (ORM classes) in the database.
 
     Driver errors (unreachable server, bad credentials) become one line naming the masked URL.
     """
     engine = make_engine(url, readonly=True)
     try:
-        database = engine.url.database
-        if engine.dialect.name == "sqlite" and not Path(database or "").exists():
+        if _missing_file(engine.url):
             yield None
             return
         with _reported(url, "cannot read"), read_connection(engine) as conn:
-            yield conn
+            present = inspect(conn)
+            yield conn if all(present.has_table(t.__tablename__) for t in tables) else None
     finally:
         engine.dispose()
 
@@ -271,10 +279,7 @@ def open_existing(url: str) -> Engine:
     Nothing is created, migrated or written: a missing SQLite file or an empty database is an
     error, and one at another schema revision is refused with the command that upgrades it.
     """
-    parsed = _parse(url)
-    database = parsed.database
-    if (parsed.get_backend_name() == "sqlite" and sqlitefile.is_file(database)
-            and not Path(str(database)).expanduser().exists()):
+    if _missing_file(_parse(url)):
         raise DatabaseError(f"no results database at {mask_url(url)}")
     engine = make_engine(url, readonly=True)
     try:
