@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,14 +39,13 @@ from _common import add_runtime_options, apply_runtime_options
 
 from invssl import models
 from invssl.config import JobConfig
+from invssl.devices import device_name, resolve_device, tune_cpu_allocator
 from invssl.inversion import ssl_loss
 from invssl.train import (
     _index_stream,
     evaluate,
     prepare,
-    resolve_device,
     steps_per_epoch,
-    tune_cpu_allocator,
 )
 
 MNIST_TOPOLOGIES = [n for n in models.names() if n not in ("Audio1D", "MLP")]
@@ -205,7 +203,7 @@ def main() -> None:
         return
 
     dev = resolve_device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    name = device_name(dev)
     print(f"# epoch time: device={dev} ({name}) torch={torch.__version__} threads={torch.get_num_threads()} "
           f"workers={args.workers} batch={args.batch} N_L={args.n_labeled} bf16={args.bf16} "
           f"channels_last={args.channels_last} steps={'epoch' if args.steps <= 0 else args.steps} "

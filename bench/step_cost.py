@@ -54,7 +54,7 @@ from torch import nn
 
 from invssl import fastconv, inversion, models
 from invssl.inversion import ssl_loss
-from invssl.train import tune_cpu_allocator
+from invssl.devices import tune_cpu_allocator
 from _common import add_runtime_options, apply_runtime_options
 
 IMAGE_SHAPE = (1, 28, 28)

@@ -165,9 +165,10 @@ def worker(
     machine). SIGTERM or Ctrl-C: the epoch in progress is checkpointed, the job handed back
     for resume; exit status 0 after SIGTERM, 130 after Ctrl-C.
     """
-    from invssl import launch, runner
+    from invssl import launch
+    from invssl.devices import check_devices
 
-    runner.check_device(device)
+    check_devices([device])
     summary = launch.run_local(_url(db), console, device=device, data_root=data_root,
                                sweep_id=sweep_id, total=0, quiet=quiet, forever=forever,
                                stale_after=stale_after, heartbeat=heartbeat)

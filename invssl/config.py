@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from invssl.errors import ConfigError, InvsslError
+from invssl.labels import job_label, short
 from invssl.schedules import Schedule, Step, make_schedule
 
 InputScaling = Literal["unit", "standardize", "per_input"]
@@ -108,7 +109,7 @@ class JobConfig(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def label(self) -> str:
-        return f"{self.topology} {self.dataset} N_L={self.n_labeled} a={_short(self.alpha)} b={_short(self.beta)} seed={self.seed}"
+        return job_label(self.model_dump(mode="json"))
 
 
 JOB_FIELDS: tuple[str, ...] = tuple(JobConfig.model_fields)
@@ -120,9 +121,7 @@ TRAIN_FIELDS: tuple[str, ...] = tuple(f for f in JOB_FIELDS if f not in _DATA_KE
 
 
 def _short(value: Any) -> str:
-    if isinstance(value, BaseModel):
-        return json.dumps(value.model_dump(mode="json"), separators=(",", ":"))
-    return json.dumps(value) if isinstance(value, dict) else str(value)
+    return short(value.model_dump(mode="json") if isinstance(value, BaseModel) else value)
 
 
 class _Strict(BaseModel):

@@ -23,7 +23,6 @@ under a forked RNG.
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -162,8 +161,8 @@ def calibrate(key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_cl
               device: torch.device) -> tuple[float, float]:
     """``(seconds per training step, seconds per forward input)`` of ``key`` on ``device``."""
     from invssl import models
-    from invssl.inversion import ssl_loss
-    from invssl.train import tune_cpu_allocator
+    from invssl.devices import tune_cpu_allocator
+    from invssl.train import train_step
 
     if device.type == "cpu":
         tune_cpu_allocator()  # as the trainer does
@@ -182,24 +181,18 @@ def calibrate(key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_cl
         alpha, beta = {"sup": (1.0, 0.0), "ent": (0.5, 0.0), "ssl": (0.5, 0.5)}[key.kind]
         bf16 = key.precision == "bf16" and device.type == "cuda"
 
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                terms = ssl_loss(model, x_l, y_l, x_u, alpha=alpha, beta=beta, weighting=job.weighting,  # type: ignore[arg-type]
-                                 distance=job.distance, layer_weights=job.layer_weights)
-            opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-            opt.step()
-            torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
+        def autocast() -> Any:
+            return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
-        full = (x_l, y_l, x_u)
-        x_l, y_l, x_u = (t[:2] for t in full)
-        step()  # warm-up on 2 + 2 inputs: Adam state, lazy initialisation
-        x_l, y_l, x_u = full
+        def step(x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor) -> None:
+            train_step(model, opt, x_l, y_l, x_u, alpha=alpha, beta=beta, config=job, autocast=autocast)
+
+        step(x_l[:2], y_l[:2], x_u[:2])  # warm-up on 2 + 2 inputs: Adam state, lazy initialisation
         sync()
         times: list[float] = []
         while len(times) < MIN_STEPS or (len(times) < CALIBRATE_STEPS and sum(times) < CALIBRATE_S):
             t0 = time.perf_counter()
-            step()
+            step(x_l, y_l, x_u)
             sync()
             times.append(time.perf_counter() - t0)
         model.eval()
@@ -214,13 +207,6 @@ def calibrate(key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_cl
     # The fastest step: the first full-size one also pays for fresh memory, and on a shared
     # machine a slow outlier is someone else's load, not the step's cost.
     return min(times), min(probes)
-
-
-def device_name(device: torch.device) -> str:
-    """As ``runner.environment`` records it in each job's ``env``."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 # -------------------------------------------------------------------------------------- estimate
@@ -243,7 +229,8 @@ def estimate(
     ``data.info`` (tests).
     """
     from invssl import data as datasets
-    from invssl.train import RECON_EVAL, resolve_device
+    from invssl.devices import device_name, resolve_device
+    from invssl.train import RECON_EVAL
 
     dev = resolve_device(device or "auto")
     done = set(done)
@@ -308,7 +295,7 @@ def estimate(
     rows.sort(key=lambda r: (r.topology, r.kind))
     if any(r.source == "unknown" for r in rows):
         notes.append("classes marked unknown have no recorded epochs on this device and were not "
-                     "calibrated (--no-calibrate); the total leaves them out")
+                     "calibrated (calibration was turned off); the total leaves them out")
     if any(r.source == "database" and r.eval_s is None for r in rows):
         notes.append("database figures cover training steps only (epochs.wall_s); evaluation not included")
     return Estimate(f"{dev} ({device_name(dev)})", rows, calibration_s, notes)

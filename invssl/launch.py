@@ -41,13 +41,6 @@ class Outcome:
         return f"sweep [bold]{self.name}[/]: {states or 'no jobs'}"
 
 
-def check_devices(names: Iterable[Optional[str]]) -> None:
-    from invssl.runner import check_device
-
-    for name in names:
-        check_device(name)
-
-
 def check_data(jobs: Iterable[JobConfig], data_root: Optional[str], fetch: bool) -> None:
     """Every dataset's files present (DataError otherwise); downloads them when ``fetch`` and
     the job allows it. ``data_root`` (the ``--data-root`` option) replaces each job's root."""
@@ -131,8 +124,9 @@ def resume(url: str, console: Console, say: Say, *, device: Optional[str],
     from invssl import runner
     from invssl.db import queue, reads
     from invssl.db.session import open_engine
+    from invssl.devices import check_devices
 
-    runner.check_device(device)
+    check_devices([device])
     engine = open_engine(url)
     try:
         reaped = runner.reap(engine, stale_after)
@@ -153,6 +147,7 @@ def dry_run(file: Path, url: str, overrides: Sequence[str], *, device: Optional[
     """The plan and its time estimate, after the same device and data checks as a real run
     (nothing downloaded); ``calibrate`` times a few steps of configurations never recorded."""
     from invssl import estimate, runner
+    from invssl.devices import check_devices
 
     plan = runner.plan(file, url, overrides)
     check_devices([device, *(devices.split(",") if devices else [])])
@@ -182,9 +177,10 @@ def sweep(file: Path, url: str, overrides: Sequence[str], console: Console, say:
     """Check, enqueue and run a sweep; None with ``enqueue_only``."""
     from invssl import runner
     from invssl.db.session import mask_url, open_engine
+    from invssl.devices import check_devices, default_devices
 
     experiment, jobs = load_experiment(file, overrides)
-    devs = devices.split(",") if devices else ([device] if device else runner.default_devices())
+    devs = devices.split(",") if devices else ([device] if device else default_devices())
     check_devices([device, *devs])
     check_data(jobs, data_root, fetch=True)
     _warn_if_changed(url, experiment, warn)

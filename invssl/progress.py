@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional, TextIO
 
 from rich.console import Console
 
+from invssl.labels import job_label
+
 
 def _clock(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
@@ -167,14 +169,6 @@ class ChildJobs:
             if job["status"] == "failed":
                 what = job["error"] or ""
             else:
-                what = f"{_label(job['config'])}: {_accuracies(job['result'] or {})}"
+                what = f"{job_label(job['config'] or {})}: {_accuracies(job['result'] or {})}"
             self.show.job_line(job["status"], job["key"], what)
 
-
-def _label(config: dict[str, Any]) -> str:
-    from invssl.config import JobConfig
-
-    try:
-        return JobConfig(**config).label()
-    except Exception:  # a config this version no longer accepts is still reported
-        return str(config.get("topology", "?"))

@@ -28,8 +28,9 @@ from invssl import __version__
 from invssl.config import JobConfig, load_experiment
 from invssl.db import queue, reads
 from invssl.db.session import open_engine, resolve_url
-from invssl.errors import DatabaseLost, InvsslError, JobError
-from invssl.train import EpochReport, Prepared, resolve_device, train
+from invssl.devices import device_name, resolve_device
+from invssl.errors import DatabaseLost, InvsslError
+from invssl.train import EpochReport, Prepared, train
 
 HEARTBEAT_S = 10.0
 # A running job whose heartbeat is older than this is presumed dead and goes back to the queue.
@@ -41,7 +42,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     env: dict[str, Any] = {
         "invssl": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "cuda": torch.version.cuda, "platform": platform.platform(), "host": socket.gethostname(),
-        "device": str(device), "threads": torch.get_num_threads(),
+        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
     }
     for pkg in ("torchvision", "numpy"):
         try:
@@ -49,10 +50,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         except PackageNotFoundError:
             env[pkg] = None
     if device.type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(device)
         env["cudnn"] = torch.backends.cudnn.version()
-    else:
-        env["device_name"] = platform.processor() or platform.machine()
     env["git_commit"] = _git_commit()
     return env
 
@@ -343,17 +341,4 @@ def sweep_counts(engine: Any, sweep: str) -> Counter[str]:
     return Counter(reads.status_counts(engine, sweep=sweep))
 
 
-def default_devices() -> list[str]:
-    """One worker per GPU on a multi-GPU machine; otherwise the one auto-chosen device."""
-    if torch.cuda.is_available():
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return []
 
-
-def check_device(name: Optional[str]) -> None:
-    """Fail before anything is written when the requested device cannot be used here."""
-    if name:
-        try:
-            resolve_device(name)
-        except JobError as exc:
-            raise InvsslError(str(exc)) from None

@@ -8,12 +8,9 @@ checkpoint carries all of that state, so a resumed job continues exactly where i
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import math
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +23,7 @@ from torch import Tensor, nn
 from invssl import data as datasets
 from invssl import models
 from invssl.config import JobConfig
+from invssl.devices import resolve_device, tune_cpu_allocator
 from invssl.errors import JobError
 from invssl.health import health, tracking_dead_units
 from invssl.inversion import distance_per_input, reconstruct, ssl_loss
@@ -38,58 +36,6 @@ RECON_EVAL = 1000
 # Loss values are checked for NaN/inf every this many steps; each check synchronises the device.
 CHECK_EVERY = 50
 LOSS_TERMS = ("loss", "ce", "recon", "entropy")
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_allocator_tuned = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Let glibc keep freed memory for reuse instead of returning it to the OS (CPU training).
-
-    By default glibc serves large blocks (a batch's activation maps: megabytes) by ``mmap`` and
-    unmaps them on free, and trims the heap whenever its free top grows past a threshold, so
-    every training step receives fresh pages from the kernel and pays a page fault per 4 KiB on
-    first touch. The semi-supervised step allocates about twice what a supervised one does (the
-    backward's own graph), so it pays twice. Serving every block from the heap and never trimming
-    it makes a step reuse the previous step's pages (bench/step_cost.py, --malloc). The process
-    keeps its peak footprint, which a training process reaches every step anyway.
-
-    Process-wide, idempotent; a no-op off Linux/glibc or with ``INVSSL_MALLOC=default``.
-    Returns whether the setting is in force.
-    """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
-    if os.environ.get("INVSSL_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # musl or another libc: leave it alone
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # No mmap at all: activation maps of the large nets exceed glibc's largest mmap threshold
-    # (32 MiB), so raising the threshold would leave exactly the biggest blocks page-faulting.
-    _allocator_tuned = bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _allocator_tuned
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA if present, else Apple MPS, else CPU."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError as exc:
-            raise JobError(f"unknown device {name!r}: {exc}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise JobError(f"device {name!r} requested but CUDA is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -288,6 +234,19 @@ def load_model(config: JobConfig, checkpoint: bytes, device: str | torch.device 
     return model.to(device).eval()
 
 
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, *,
+               alpha: float, beta: float, config: JobConfig, autocast: Callable[[], Any]) -> Tensor:
+    """One optimiser step on a labeled and an unlabeled batch; returns the loss terms
+    ``LOSS_TERMS`` as a float64 tensor on the device, without waiting for it."""
+    with autocast():
+        terms = ssl_loss(model, x_lab, y_lab, x_unl, alpha=alpha, beta=beta, layer_weights=config.layer_weights,
+                         distance=config.distance, weighting=config.weighting)
+    opt.zero_grad(set_to_none=True)
+    terms.total.backward()
+    opt.step()
+    return torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
+
+
 OnEpoch = Callable[[EpochReport], None]
 OnStep = Callable[[int, int], None]
 
@@ -353,15 +312,9 @@ def train(
             alpha, beta = alpha_t(t), beta_t(t)
             li = state.lab_order[s * bl:(s + 1) * bl].to(dev)
             ui = state.unl_order[s * bu:(s + 1) * bu].to(dev)
-            with autocast():
-                terms = ssl_loss(model, prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui],
-                                 alpha=alpha, beta=beta, layer_weights=config.layer_weights,
-                                 distance=config.distance, weighting=config.weighting)
-            state.opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-            state.opt.step()
+            values = train_step(model, state.opt, prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui],
+                                alpha=alpha, beta=beta, config=config, autocast=autocast)
             state.sched.step()
-            values = torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
             history.append(values)
             state.sums += values
             state.step += 1

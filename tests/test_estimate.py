@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from invssl import estimate
+from invssl import devices, estimate
 from invssl.config import JobConfig
 
 # A dataset of 1000 training and 200 test images: with val_size 100 and N_L = 50 the unlabeled set
@@ -70,7 +70,7 @@ def test_recorded_epoch_times_are_used_for_the_same_class_on_the_same_device(tmp
     sweep = queue.ensure_sweep(engine, "s", {})
     queue.enqueue(engine, sweep, [(ran.key, ran.model_dump(mode="json"))])
     claim = queue.claim(engine, worker="w", host="h", pid=1)
-    env = {"device": "cpu", "device_name": estimate.device_name(__import__("torch").device("cpu"))}
+    env = {"device": "cpu", "device_name": devices.device_name(__import__("torch").device("cpu"))}
     queue.set_job_info(engine, claim.job_id, claim.attempt, env=env)
     for epoch, wall_s in ((1, 14 * 0.30), (2, 14 * 0.34)):
         queue.record_epoch(engine, claim.job_id, claim.attempt, epoch, {"wall_s": wall_s}, b"ckpt")
