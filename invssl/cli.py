@@ -14,7 +14,8 @@ from typing import Any, Optional
 import typer
 
 from invssl import __version__, output
-from invssl.errors import InvsslError
+from invssl.defaults import HEARTBEAT_S, MAX_ATTEMPTS, STALE_AFTER_S
+from invssl.errors import InvsslError, SchemaMismatch
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -47,8 +48,18 @@ def main() -> None:
     try:
         app()
     except InvsslError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {exc}{_hint(exc)}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+# The library says what to change in its own terms; here it becomes the option that changes it.
+OPTION_HINTS = {"dataset": "--dataset", "fields": "--rows/--cols, or --where FIELD=VALUE"}
+
+
+def _hint(exc: InvsslError) -> str:
+    if isinstance(exc, SchemaMismatch):
+        return f"; run `invssl db upgrade --db {exc.where}`"
+    return f" ({OPTION_HINTS[exc.option]})" if exc.option in OPTION_HINTS else ""
 
 
 # ---------------------------------------------------------------- shared options
@@ -57,25 +68,6 @@ DB_HELP = ("Results database URL (default: $INVSSL_DB, else sqlite:///invssl.db)
 DbOpt = typer.Option(None, "--db", help=DB_HELP, show_default=False)
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: auto).")
 DataRootOpt = typer.Option(None, "--data-root", help="Override the data root of every job.")
-
-
-def _url(db: Optional[str]) -> str:
-    from invssl.db.session import resolve_url
-
-    return resolve_url(db)
-
-
-def _masked(db: Optional[str]) -> str:
-    from invssl.db.session import mask_url
-
-    return mask_url(_url(db))
-
-
-def _results_engine(db: Optional[str]) -> Any:
-    """The results database for reading: never created, migrated or written by a report."""
-    from invssl.db.session import open_existing
-
-    return open_existing(_url(db))
 
 
 # ---------------------------------------------------------------- sweep / worker / resume
@@ -112,14 +104,14 @@ def sweep(
     if dry_run:
         from invssl import estimate
 
-        plan, est = launch.dry_run(file, _url(db), overrides or [], device=device, devices=devices,
+        plan, est = launch.dry_run(file, db, overrides or [], device=device, devices=devices,
                                    data_root=data_root, calibrate=not no_calibrate)
-        console.print(launch.plan_table(plan, _masked(db)))
+        console.print(launch.plan_table(plan))
         console.print(estimate.render(est))
         for note in est.notes:
             console.print(f"note: {note}", highlight=False)
         return
-    outcome = launch.sweep(file, _url(db), overrides or [], console, _say, _warn, device=device,
+    outcome = launch.sweep(file, db, overrides or [], console, _say, _warn, device=device,
                            devices=devices, workers=workers, data_root=data_root,
                            enqueue_only=enqueue_only, quiet=quiet)
     if outcome is not None:
@@ -153,10 +145,9 @@ def worker(
     db: Optional[str] = DbOpt,
     device: Optional[str] = DeviceOpt,
     forever: bool = typer.Option(False, "--forever", help="Keep polling for new jobs instead of exiting when none is left."),
-    sweep_id: Optional[int] = typer.Option(None, "--sweep-id", hidden=True),
     data_root: Optional[str] = DataRootOpt,
-    stale_after: float = typer.Option(120.0, "--stale-after", min=1.0, help="Seconds without a heartbeat after which another worker's job is presumed dead and taken over."),
-    heartbeat: float = typer.Option(10.0, "--heartbeat", min=0.1, help="Seconds between heartbeats of the running job."),
+    stale_after: float = typer.Option(STALE_AFTER_S, "--stale-after", min=1.0, help="Seconds without a heartbeat after which another worker's job is presumed dead and taken over."),
+    heartbeat: float = typer.Option(HEARTBEAT_S, "--heartbeat", min=0.1, help="Seconds between heartbeats of the running job."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Claim pending jobs one at a time and run them until none is left.
@@ -166,14 +157,10 @@ def worker(
     for resume; exit status 0 after SIGTERM, 130 after Ctrl-C.
     """
     from invssl import launch
-    from invssl.devices import check_devices
 
-    check_devices([device])
-    summary = launch.run_local(_url(db), console, device=device, data_root=data_root,
-                               sweep_id=sweep_id, total=0, quiet=quiet, forever=forever,
-                               stale_after=stale_after, heartbeat=heartbeat)
-    console.print(f"worker: {summary.done} done, {summary.failed} failed, "
-                  f"{summary.released} handed back", highlight=False)
+    summary = launch.worker(db, console, device=device, data_root=data_root, quiet=quiet,
+                            forever=forever, stale_after=stale_after, heartbeat=heartbeat)
+    console.print(summary.line(), highlight=False)
     _exit_if_interrupted(summary.stopped_by)
 
 
@@ -182,15 +169,15 @@ def resume(
     db: Optional[str] = DbOpt,
     device: Optional[str] = DeviceOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun failed jobs."),
-    max_attempts: int = typer.Option(3, "--max-attempts", min=1, help="With --retry-failed: skip jobs already tried this often."),
-    stale_after: float = typer.Option(120.0, "--stale-after", min=1.0, help="Seconds without a heartbeat after which a running job is presumed dead."),
+    max_attempts: int = typer.Option(MAX_ATTEMPTS, "--max-attempts", min=1, help="With --retry-failed: skip jobs already tried this often."),
+    stale_after: float = typer.Option(STALE_AFTER_S, "--stale-after", min=1.0, help="Seconds without a heartbeat after which a running job is presumed dead."),
     data_root: Optional[str] = DataRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Finish what was interrupted: dead workers' jobs go back to work from their last checkpoint."""
     from invssl import launch
 
-    stopped_by, failed = launch.resume(_url(db), console, _say, device=device, data_root=data_root,
+    stopped_by, failed = launch.resume(db, console, _say, device=device, data_root=data_root,
                                        retry_failed=retry_failed, max_attempts=max_attempts,
                                        stale_after=stale_after, quiet=quiet)
     _exit_if_interrupted(stopped_by)
@@ -207,7 +194,7 @@ def status(db: Optional[str] = DbOpt, fmt: str = FormatOpt) -> None:
     from invssl import output
 
     output.check_format(fmt, output.FORMATS)
-    data = output.status_data(_results_engine(db), _masked(db))
+    data = output.status_data(db)
     if fmt == "json":
         sys.stdout.write(output.to_json(data))
     else:
@@ -221,7 +208,7 @@ def show(job: str = typer.Argument(..., help="Job key (a unique prefix) or numer
     from invssl import output
 
     output.check_format(fmt, output.FORMATS)
-    info = output.show_data(_results_engine(db), job)
+    info = output.show_data(db, job)
     if fmt == "json":
         sys.stdout.write(output.to_json(info))
     else:
@@ -241,7 +228,7 @@ def jobs_cmd(
     from invssl.frames import parse_where
 
     output.check_format(fmt, output.LIST_FORMATS)
-    found = output.list_jobs(_results_engine(db), sweep, status, parse_where(where or []))
+    found = output.list_jobs(db, sweep, status, parse_where(where or []))
     if fmt == "json":
         sys.stdout.write(output.to_json(output.jobs_records(found)))
     elif fmt == "csv":
@@ -281,13 +268,17 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade(db: Optional[str] = DbOpt) -> None:
     """Create the schema or upgrade it to this version of invssl."""
-    from invssl.db.session import upgrade
+    from invssl import launch
 
-    upgrade(_url(db))
-    console.print(f"{_masked(db)}: schema at head")
+    console.print(f"{launch.upgrade(db)}: schema at head")
 
 
 # ---------------------------------------------------------------- reports and figures
+def _fields(text: str) -> list[str]:
+    """A comma-separated list of fields."""
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
 def _write_text(text: str, output: Optional[Path]) -> None:
     if output is None:
         sys.stdout.write(text)
@@ -328,13 +319,9 @@ def report(
     if table is not None and (rows or cols or where):
         raise ConfigError("--rows/--cols/--where make a general pivot; they do not combine with --table")
     conditions = rep.parse_where(where or [])
-    engine = _results_engine(db)
-    jobs = rep.load_jobs(engine, sweep)
-    epochs = rep.load_epochs(engine, jobs["id"]) if table == "bird10" else None
-    split = lambda s: [f.strip() for f in s.split(",") if f.strip()]  # noqa: E731
-    built = rep.build(table, jobs, epochs, compare=compare, dataset=dataset, last=last,
-                      rows=split(rows or ""), cols=split(cols) if cols else None, value=value,
-                      where=conditions)
+    built = rep.from_database(db, table, sweep=sweep, compare=compare, dataset=dataset, last=last,
+                              rows=_fields(rows or ""), cols=_fields(cols) if cols else None, value=value,
+                              where=conditions)
     if fmt == "terminal" and output is None and console.is_terminal:
         console.print(rep.rich_table(built.table))
         return
@@ -364,13 +351,11 @@ def plot(
         raise ConfigError("give jobs for learning curves, or --x FIELD [--sweep NAME] for a metric against a field")
     if output is not None:
         plots.check_figure_path(output)
-    engine = _results_engine(db)
     if jobs:
-        path = plots.job_curves(engine, jobs, output)
+        path = plots.job_curves(db, jobs, output)
     else:
         assert x is not None
-        fields = [f.strip() for f in by.split(",") if f.strip()] if by else None
-        path = plots.sweep_metric(engine, sweep, x, y, fields, output)
+        path = plots.sweep_metric(db, sweep, x, y, _fields(by) if by else None, output)
     console.print(f"wrote {path}", highlight=False)
 
 
@@ -388,6 +373,6 @@ def reconstruct_cmd(
 
     if output is not None:
         plots.check_figure_path(output)
-    path = plots.job_reconstructions(_results_engine(db), job, n, output, device=device or "cpu",
+    path = plots.job_reconstructions(db, job, n, output, device=device or "cpu",
                                      data_root=data_root)
     console.print(f"wrote {path}", highlight=False)

@@ -181,7 +181,7 @@ def parse_where(items: Iterable[str]) -> dict[str, str]:
     for item in items:
         field, sep, value = item.partition("=")
         if not sep or not field.strip():
-            raise ConfigError(f"--where {item!r}: expected FIELD=VALUE")
+            raise ConfigError(f"condition {item!r}: expected FIELD=VALUE")
         out[field.strip()] = value.strip()
     return out
 
@@ -211,7 +211,7 @@ def require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
                           f"available: {', '.join(map(str, df.columns))}")
 
 
-def filter_where(jobs: pd.DataFrame, where: Mapping[str, Any], what: str = "--where") -> pd.DataFrame:
+def filter_where(jobs: pd.DataFrame, where: Mapping[str, Any], what: str = "conditions") -> pd.DataFrame:
     if jobs.empty:
         return jobs
     require(jobs, where, what)

@@ -5,7 +5,8 @@ Everything that can be wrong with a sweep's environment is checked before a sing
 queued: every device named, every dataset's files (downloaded here, once, when the file says
 ``download: true``). Reusing a sweep name with a changed spec is reported, since its earlier
 jobs stay in the sweep. The outcome says which signal stopped the run and which worker
-processes died; ``cli.py`` turns it into the exit status. One engine serves the whole sweep.
+processes died; ``cli.py`` turns it into the exit status. Each command opens one engine and
+disposes of it at its end; the worker processes of a sweep open their own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.console import Console
 
 from invssl import progress
 from invssl.config import Experiment, JobConfig, load_experiment
+from invssl.defaults import HEARTBEAT_S, STALE_AFTER_S
 
 Say = Callable[[str], None]
 
@@ -84,26 +86,21 @@ def _show(value: Any) -> str:
     return "(none)" if value is None else json.dumps(value, separators=(", ", ": "))
 
 
-def _warn_if_changed(url: str, experiment: Experiment, warn: Say) -> None:
+def _warn_if_changed(engine: Any, experiment: Experiment, warn: Say) -> None:
     from invssl.db import reads
-    from invssl.db.session import open_engine
 
-    engine = open_engine(url)
-    try:
-        old = reads.sweep_spec(engine, experiment.name)
-    finally:
-        engine.dispose()
+    old = reads.sweep_spec(engine, experiment.name)
     changes = [] if old is None else spec_changes(old, experiment.model_dump(mode="json"))
     if changes:
         warn(f"warning: sweep {experiment.name!r} was enqueued before with another spec "
              f"({'; '.join(changes)}); its earlier jobs stay in it, and a report over the sweep "
              "refuses to pool them with the new ones: give the sweep a new name, or pick jobs "
-             "with --where")
+             "by the fields that changed")
 
 
 def run_local(url: str, console: Console, *, device: Optional[str], data_root: Optional[str],
               sweep_id: Optional[int], total: int, quiet: bool, forever: bool = False,
-              stale_after: float = 120.0, heartbeat: float = 10.0, engine: Any = None) -> Any:
+              stale_after: float = STALE_AFTER_S, heartbeat: float = HEARTBEAT_S, engine: Any = None) -> Any:
     """One worker in this process (on ``engine`` if given); returns its summary, whose
     ``stopped_by`` names the signal that stopped it."""
     from invssl.runner import Worker
@@ -115,7 +112,30 @@ def run_local(url: str, console: Console, *, device: Optional[str], data_root: O
         return worker.run(sweep_id=sweep_id, forever=forever)
 
 
-def resume(url: str, console: Console, say: Say, *, device: Optional[str],
+def worker(db: Optional[str], console: Console, *, device: Optional[str], data_root: Optional[str],
+           quiet: bool, sweep_id: Optional[int] = None, forever: bool = False,
+           stale_after: float = STALE_AFTER_S, heartbeat: float = HEARTBEAT_S) -> Any:
+    """``invssl worker``, and each worker process of a sweep: jobs claimed one at a time until
+    none is left (or, ``forever``, until a signal)."""
+    from invssl.db.session import resolve_url
+    from invssl.devices import check_devices
+
+    check_devices([device])
+    return run_local(resolve_url(db), console, device=device, data_root=data_root, sweep_id=sweep_id,
+                     total=0, quiet=quiet, forever=forever, stale_after=stale_after, heartbeat=heartbeat)
+
+
+def upgrade(db: Optional[str]) -> str:
+    """The schema created or brought to this version's head; returns where, as printed."""
+    from invssl.db.session import mask_url, resolve_url
+    from invssl.db.session import upgrade as upgrade_schema
+
+    url = resolve_url(db)
+    upgrade_schema(url)
+    return mask_url(url)
+
+
+def resume(db: Optional[str], console: Console, say: Say, *, device: Optional[str],
            data_root: Optional[str], retry_failed: bool, max_attempts: int, stale_after: float,
            quiet: bool) -> tuple[Optional[int], int]:
     """Dead workers' jobs (and failed ones, with ``retry_failed``) back to the queue, then run
@@ -123,10 +143,11 @@ def resume(url: str, console: Console, say: Say, *, device: Optional[str],
     jobs have failed."""
     from invssl import runner
     from invssl.db import queue, reads
-    from invssl.db.session import open_engine
+    from invssl.db.session import open_engine, resolve_url
     from invssl.devices import check_devices
 
     check_devices([device])
+    url = resolve_url(db)
     engine = open_engine(url)
     try:
         reaped = runner.reap(engine, stale_after)
@@ -142,13 +163,15 @@ def resume(url: str, console: Console, say: Say, *, device: Optional[str],
         engine.dispose()
 
 
-def dry_run(file: Path, url: str, overrides: Sequence[str], *, device: Optional[str],
+def dry_run(file: Path, db: Optional[str], overrides: Sequence[str], *, device: Optional[str],
             devices: Optional[str], data_root: Optional[str], calibrate: bool) -> tuple[Any, Any]:
     """The plan and its time estimate, after the same device and data checks as a real run
     (nothing downloaded); ``calibrate`` times a few steps of configurations never recorded."""
     from invssl import estimate, runner
+    from invssl.db.session import resolve_url
     from invssl.devices import check_devices
 
+    url = resolve_url(db)
     plan = runner.plan(file, url, overrides)
     check_devices([device, *(devices.split(",") if devices else [])])
     check_data(plan.jobs, data_root, fetch=False)
@@ -158,11 +181,11 @@ def dry_run(file: Path, url: str, overrides: Sequence[str], *, device: Optional[
     return plan, est
 
 
-def plan_table(plan: Any, where: str) -> Any:
+def plan_table(plan: Any) -> Any:
     """The dry run's table: jobs and finished jobs per (topology, N_L)."""
     from rich.table import Table
 
-    table = Table(title=f"{plan.name}: {plan.total} jobs, {plan.done} already done ({where})")
+    table = Table(title=f"{plan.name}: {plan.total} jobs, {plan.done} already done ({plan.where})")
     table.add_column("topology")
     for col in ("N_L", "jobs", "done"):
         table.add_column(col, justify="right")
@@ -171,26 +194,27 @@ def plan_table(plan: Any, where: str) -> Any:
     return table
 
 
-def sweep(file: Path, url: str, overrides: Sequence[str], console: Console, say: Say, warn: Say, *,
+def sweep(file: Path, db: Optional[str], overrides: Sequence[str], console: Console, say: Say, warn: Say, *,
           device: Optional[str], devices: Optional[str], workers: int, data_root: Optional[str],
           enqueue_only: bool, quiet: bool) -> Optional[Outcome]:
     """Check, enqueue and run a sweep; None with ``enqueue_only``."""
     from invssl import runner
-    from invssl.db.session import mask_url, open_engine
+    from invssl.db.session import mask_url, open_engine, resolve_url
     from invssl.devices import check_devices, default_devices
 
+    url = resolve_url(db)
     experiment, jobs = load_experiment(file, overrides)
     devs = devices.split(",") if devices else ([device] if device else default_devices())
     check_devices([device, *devs])
     check_data(jobs, data_root, fetch=True)
-    _warn_if_changed(url, experiment, warn)
-    enq = runner.enqueue(file, url, overrides)
-    say(f"sweep [bold]{enq.name}[/]: {len(enq.keys)} jobs ({enq.new} new, "
-        f"{enq.existing} already known) in {mask_url(url)}")
-    if enqueue_only:
-        return None
     engine = open_engine(url)
     try:
+        _warn_if_changed(engine, experiment, warn)
+        enq = runner.enqueue_jobs(engine, experiment, jobs)
+        say(f"sweep [bold]{enq.name}[/]: {len(enq.keys)} jobs ({enq.new} new, "
+            f"{enq.existing} already known) in {mask_url(url)}")
+        if enqueue_only:
+            return None
         return _run(engine, url, enq, console, say, devs, workers=workers, data_root=data_root,
                     quiet=quiet)
     finally:
@@ -203,7 +227,7 @@ def _run(engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list
     from invssl.db import reads
 
     runner.reap(engine)
-    counts = runner.sweep_counts(engine, enq.name)
+    counts = Counter(reads.status_counts(engine, sweep=enq.name))
     todo = counts["pending"] + counts["running"]
     n = workers or max(1, len(devs))
     outcome = Outcome(enq.name, counts)
@@ -222,5 +246,5 @@ def _run(engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list
                                 on_poll=ended)
             ended()
         outcome.stopped_by, outcome.died = ran.stopped_by, ran.died
-    outcome.counts = runner.sweep_counts(engine, enq.name)
+    outcome.counts = Counter(reads.status_counts(engine, sweep=enq.name))
     return outcome

@@ -55,12 +55,13 @@ def to_json(obj: Any) -> str:
 
 
 # ------------------------------------------------------------------------ status
-def status_data(engine: Any, where: str) -> dict[str, Any]:
+def status_data(db: Optional[str]) -> dict[str, Any]:
     from invssl.db import reads
 
-    return {"database": where, "counts": reads.status_counts(engine),
-            "running": reads.running_jobs(engine), "failed": reads.failed_jobs(engine),
-            "collapsed": reads.collapsed_jobs(engine)}
+    with reads.reading(db) as engine:
+        return {"database": reads.where(db), "counts": reads.status_counts(engine),
+                "running": reads.running_jobs(engine), "failed": reads.failed_jobs(engine),
+                "collapsed": reads.collapsed_jobs(engine)}
 
 
 def print_status(out: Console, data: dict[str, Any]) -> None:
@@ -88,12 +89,13 @@ def print_status(out: Console, data: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------ show
-def show_data(engine: Any, ref: str) -> dict[str, Any]:
+def show_data(db: Optional[str], ref: str) -> dict[str, Any]:
     from invssl.db import reads
 
-    info = reads.get_job(engine, ref)
-    epochs = [{**{k: v for k, v in r.items() if k != "extra"}, **(r.get("extra") or {})}
-              for r in reads.job_epochs(engine, info["id"])]
+    with reads.reading(db) as engine:
+        info = reads.get_job(engine, ref)
+        rows = reads.job_epochs(engine, info["id"])
+    epochs = [{**{k: v for k, v in r.items() if k != "extra"}, **(r.get("extra") or {})} for r in rows]
     return {**info, "epochs": epochs}
 
 
@@ -124,17 +126,19 @@ LIST_COLUMNS = ("id", "key", "status", "topology", "dataset", "n_labeled", "alph
                 "epochs_done", "epochs", "val_acc", "test_acc")
 
 
-def list_jobs(engine: Any, sweep: Optional[str], status: Optional[str],
+def list_jobs(db: Optional[str], sweep: Optional[str], status: Optional[str],
               where: dict[str, str]) -> "pd.DataFrame":
     """Jobs of a sweep (or all) with a status (or any), filtered by ``--where``, in id order:
     one row per job with its full key, config fields and final metrics."""
+    from invssl.db import reads
     from invssl.db.models import STATUSES
     from invssl.errors import UnknownNameError
     from invssl.frames import filter_where, load_jobs
 
     if status is not None and status not in STATUSES:
         raise UnknownNameError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
-    jobs = load_jobs(engine, sweep, status=status, allow_empty=True)
+    with reads.reading(db) as engine:
+        jobs = load_jobs(engine, sweep, status=status, allow_empty=True)
     return filter_where(jobs, where)
 
 

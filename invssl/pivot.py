@@ -75,7 +75,7 @@ def _refuse_mixed(piv: _Pivot) -> None:
         return
     shown = "; ".join(f"{f} varies: {', '.join(v)}" for f, v in sorted(fields.items()))
     raise ConfigError(f"a cell would pool different configurations ({shown}): "
-                      "add the field to --rows/--cols or fix it with --where FIELD=VALUE")
+                      "split the table by the field, or keep one value of it", option="fields")
 
 
 def _split(fields: str | Sequence[str] | None) -> list[str]:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from invssl.errors import ConfigError, DataError
 from invssl.frames import fmt_weight, order_key
-from invssl.selection import select
+from invssl.selection import is_fraction, select
 
 DPI = 100
 FIGURE_FORMATS = ("png", "pdf", "svg")
@@ -139,7 +139,7 @@ def metric_vs_field(jobs: pd.DataFrame, x: str, y: str, path: str | Path,
     xs = sorted(dict.fromkeys(jobs[x]), key=order_key)
     numeric = all(order_key(v)[0] == 0 for v in xs)
     pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(xs)}
-    scale = 100.0 if y.endswith("_acc") else 1.0
+    scale = 100.0 if is_fraction(y) else 1.0
     fig = _figure(METRIC_SIZE)
     ax = fig.subplots()
     groups = jobs.groupby(by, sort=True, dropna=False) if by else [((), jobs)]
@@ -289,45 +289,43 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "all"
 
 
-def _job_label(info: dict) -> str:
-    from invssl.config import JobConfig
-
-    try:
-        return f"{info['key'][:10]} {JobConfig(**info['config']).label()}"
-    except Exception:  # a config this version no longer accepts still gets a legend
-        return info["key"][:10]
-
-
-def job_curves(engine: Any, refs: Sequence[str], path: Optional[Path]) -> Path:
+def job_curves(db: Optional[str], refs: Sequence[str], path: Optional[Path]) -> Path:
     """Learning curves of the jobs ``refs`` (key prefixes or ids); default file name from the first."""
     from invssl.db import reads
     from invssl.frames import epochs_frame
+    from invssl.labels import job_label
 
-    infos = [reads.get_job(engine, ref) for ref in refs]
-    curves = {_job_label(i): epochs_frame(reads.job_epochs(engine, i["id"])) for i in infos}
+    with reads.reading(db) as engine:
+        infos = [reads.get_job(engine, ref) for ref in refs]
+        curves = {f"{i['key'][:10]} {job_label(i['config'] or {})}": epochs_frame(reads.job_epochs(engine, i["id"]))
+                  for i in infos}
     more = f"-and-{len(infos) - 1}-more" if len(infos) > 1 else ""
     return learning_curves(curves, path or Path(f"curves-{infos[0]['key'][:10]}{more}.png"))
 
 
-def sweep_metric(engine: Any, sweep: Optional[str], x: str, y: str, by: Optional[Sequence[str]],
+def sweep_metric(db: Optional[str], sweep: Optional[str], x: str, y: str, by: Optional[Sequence[str]],
                  path: Optional[Path]) -> Path:
+    from invssl.db import reads
     from invssl.frames import load_jobs
 
-    frame = load_jobs(engine, sweep)
+    with reads.reading(db) as engine:
+        frame = load_jobs(engine, sweep)
     default = Path(f"{_safe_name(sweep or 'all')}-{_safe_name(y)}-vs-{_safe_name(x)}.png")
     return metric_vs_field(frame, x, y, path or default, by=by,
                            title=f"{sweep + ': ' if sweep else ''}{y} against {x}, mean ± std over seeds")
 
 
-def job_reconstructions(engine: Any, ref: str, n: int, path: Optional[Path], *, device: str,
+def job_reconstructions(db: Optional[str], ref: str, n: int, path: Optional[Path], *, device: str,
                         data_root: Optional[str]) -> Path:
     """``reconstructions`` of ``n`` test inputs by the job's checkpointed network."""
     from invssl.config import JobConfig
     from invssl.db import queue, reads
-    from invssl.train import load_model, prepare, resolve_device
+    from invssl.devices import resolve_device
+    from invssl.train import load_model, prepare
 
-    info = reads.get_job(engine, ref)
-    stored = queue.load_checkpoint(engine, info["id"])
+    with reads.reading(db) as engine:
+        info = reads.get_job(engine, ref)
+        stored = queue.load_checkpoint(engine, info["id"])
     if stored is None:
         raise DataError(f"job {info['key'][:10]} ({info['status']}) has no checkpoint yet: "
                         "nothing to reconstruct with")

@@ -70,7 +70,7 @@ def _mnist_jobs(jobs: pd.DataFrame, dataset: Optional[str]) -> tuple[pd.DataFram
         if "mnist" not in present:
             # Table 2 is an MNIST table: another dataset is shown only when asked for by name.
             raise NoResultsError(f"no finished MNIST job; the results hold: {', '.join(present) or 'none'}"
-                                 " (choose one with --dataset)")
+                                 ": choose one of them", option="dataset")
         dataset = "mnist"
     return _of_dataset(jobs, dataset), dataset
 
@@ -288,7 +288,7 @@ def build(name: Optional[str], jobs: pd.DataFrame, epochs: Optional[pd.DataFrame
                       _mnist_long(jobs, compare, dataset))
     if name == "bird10":
         if compare is not None:
-            raise ConfigError("--compare applies to the mnist table only")
+            raise ConfigError("the comparison with the paper applies to the mnist table only")
         if dataset is not None:
             jobs = _of_dataset(jobs, dataset)
         ep = epochs if epochs is not None else pd.DataFrame()
@@ -300,3 +300,13 @@ def build(name: Optional[str], jobs: pd.DataFrame, epochs: Optional[pd.DataFrame
         return Report(pivot(jobs, rows, cols, value=value, where=conditions),
                       pivot_long(jobs, rows, cols, value, conditions))
     raise UnknownNameError(f"unknown table {name!r}; valid: {', '.join(TABLES)}")
+
+
+def from_database(db: Optional[str], name: Optional[str], *, sweep: Optional[str] = None, **options: Any) -> Report:
+    """``build`` over the finished jobs (of ``sweep``, if given) in the results database ``db``."""
+    from invssl.db import reads
+
+    with reads.reading(db) as engine:
+        jobs = load_jobs(engine, sweep)
+        epochs = load_epochs(engine, jobs["id"]) if name == "bird10" else None
+    return build(name, jobs, epochs, **options)

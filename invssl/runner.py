@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,16 +24,13 @@ from typing import Any, Optional
 import torch
 
 from invssl import __version__
-from invssl.config import JobConfig, load_experiment
+from invssl.config import Experiment, JobConfig, load_experiment
 from invssl.db import queue, reads
-from invssl.db.session import open_engine, resolve_url
+from invssl.db.session import mask_url, open_engine, resolve_url
+from invssl.defaults import HEARTBEAT_S, STALE_AFTER_S
 from invssl.devices import device_name, resolve_device
 from invssl.errors import DatabaseLost, InvsslError
 from invssl.train import EpochReport, Prepared, train
-
-HEARTBEAT_S = 10.0
-# A running job whose heartbeat is older than this is presumed dead and goes back to the queue.
-STALE_AFTER_S = 120.0
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -105,6 +101,10 @@ class WorkerSummary:
     lost: int = 0
     failures: list[str] = field(default_factory=list)
     stopped_by: Optional[int] = None  # SIGINT or SIGTERM, if a signal ended the run
+
+    def line(self) -> str:
+        """How the worker ended, for the last line of its output."""
+        return f"worker: {self.done} done, {self.failed} failed, {self.released} handed back"
 
 
 class StopFlag:
@@ -301,19 +301,21 @@ class Plan:
     by_group: dict[tuple[str, int], tuple[int, int]]  # (topology, n_labeled) -> (jobs, done)
     jobs: list[JobConfig]
     done_keys: set[str] = field(default_factory=set)  # keys of the jobs already done
+    where: str = ""  # the database compared with, as printed
 
 
 def plan(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[str] = ()) -> Plan:
     """Expand the experiment and compare with the database without writing anything."""
     experiment, jobs = load_experiment(path, overrides)
-    done_keys = reads.done_keys_readonly(resolve_url(db_url), [j.key for j in jobs])
+    url = resolve_url(db_url)
+    done_keys = reads.done_keys_readonly(url, [j.key for j in jobs])
     groups: dict[tuple[str, int], list[int]] = {}
     for job in jobs:
         g = groups.setdefault((job.topology, job.n_labeled), [0, 0])
         g[0] += 1
         g[1] += job.key in done_keys
     return Plan(experiment.name, len(jobs), sum(j.key in done_keys for j in jobs),
-                {k: (v[0], v[1]) for k, v in groups.items()}, jobs, set(done_keys))
+                {k: (v[0], v[1]) for k, v in groups.items()}, jobs, set(done_keys), mask_url(url))
 
 
 @dataclass
@@ -330,15 +332,13 @@ def enqueue(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[
     experiment, jobs = load_experiment(path, overrides)
     engine = open_engine(resolve_url(db_url), upgrade=True)
     try:
-        sweep_id = queue.ensure_sweep(engine, experiment.name, experiment.model_dump(mode="json"))
-        new, existing = queue.enqueue(engine, sweep_id, [(j.key, j.model_dump(mode="json")) for j in jobs])
+        return enqueue_jobs(engine, experiment, jobs)
     finally:
         engine.dispose()
+
+
+def enqueue_jobs(engine: Any, experiment: Experiment, jobs: Sequence[JobConfig]) -> Enqueued:
+    """The experiment's sweep, created or updated, with ``jobs`` (its expansion) in the queue."""
+    sweep_id = queue.ensure_sweep(engine, experiment.name, experiment.model_dump(mode="json"))
+    new, existing = queue.enqueue(engine, sweep_id, [(j.key, j.model_dump(mode="json")) for j in jobs])
     return Enqueued(sweep_id, experiment.name, new, existing, [j.key for j in jobs])
-
-
-def sweep_counts(engine: Any, sweep: str) -> Counter[str]:
-    return Counter(reads.status_counts(engine, sweep=sweep))
-
-
-

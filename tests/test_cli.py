@@ -410,3 +410,21 @@ def test_help_everywhere_and_shell_completion(tmp_path):
     assert "KEY.PATH=VALUE" in invssl("sweep", "-h", cwd=tmp_path).stdout
     assert "upgrade" in invssl("db", "-h", cwd=tmp_path).stdout
     assert "complete" in invssl("--show-completion", "bash", cwd=tmp_path).stdout
+
+
+def test_the_cli_never_imports_the_database_layer():
+    """House rule: the CLI parses and prints; what it reads or writes goes through the library."""
+    import ast
+
+    import invssl.cli
+
+    folder = Path(invssl.cli.__file__).parent
+    sources = [folder / "cli.py"] if folder.name != "cli" else sorted(folder.glob("*.py"))
+    imported = set()
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert imported and not [m for m in imported if m.startswith("invssl.db")]

@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 from invssl.db import sqlitefile
 from invssl.db.models import Base
 from invssl.db.sqlitefile import READONLY
-from invssl.errors import DatabaseError
+from invssl.errors import DatabaseError, SchemaMismatch
 
 DEFAULT_URL = "sqlite:///invssl.db"
 VERSION_TABLE = "invssl_alembic_version"
@@ -175,12 +175,15 @@ def head_revision() -> str:
     return head
 
 
-
-
 def current_revision(engine: Engine) -> Optional[str]:
     """The database's schema revision; None for a database invssl has never written to."""
     with read_connection(engine) as conn:
         return _revision(conn)
+
+
+def _older_schema(url: str, rev: Optional[str]) -> SchemaMismatch:
+    return SchemaMismatch(f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
+                          f"{head_revision()}: upgrade its schema first", where=mask_url(url))
 
 
 def _check_known(rev: Optional[str], url: str) -> None:
@@ -263,9 +266,7 @@ def open_engine(url: str, *, upgrade: bool = True) -> Engine:
             return engine
         _check_known(rev, url)
         if versioned and not upgrade:
-            raise DatabaseError(
-                f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
-                f"{head_revision()}: run `invssl db upgrade --db {mask_url(url)}`")
+            raise _older_schema(url, rev)
         _migrate(url)
     except BaseException:
         engine.dispose()
@@ -290,9 +291,7 @@ def open_existing(url: str) -> Engine:
             _check_known(rev, url)
             if not versioned:
                 raise DatabaseError(f"no invssl results in {mask_url(url)}: a sweep creates them")
-            raise DatabaseError(
-                f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
-                f"{head_revision()}: run `invssl db upgrade --db {mask_url(url)}`")
+            raise _older_schema(url, rev)
     except BaseException:
         engine.dispose()
         raise

@@ -70,7 +70,7 @@ def refuse_network_fs(database: Optional[str]) -> None:
         raise DatabaseError(
             f"the SQLite file {path} is on a network file system ({fs_type}), where its locking "
             "is unreliable; workers on several machines need PostgreSQL "
-            "(--db postgresql+psycopg://user@host/db)")
+            "(a URL postgresql+psycopg://user@host/db)")
 
 
 # ---------------------------------------------------------------------- permissions
