@@ -134,3 +134,31 @@ def test_sweep_with_two_local_workers(tmp_path, sqlite_url):
     assert "started 2 workers" in proc.stdout and "6 done" in proc.stdout
     jobs, _ = jobs_and_epochs(sqlite_url)
     assert len(jobs) == 6 and {j.status for j in jobs} == {"done"}
+
+
+def test_a_multi_worker_sweep_holds_one_engine_in_its_parent(tmp_path, sqlite_url, monkeypatch):
+    """The sweep's own process opens one engine for the whole command: its display polls the
+    database about once a second while the workers run, through that engine, not a new one."""
+    from sqlalchemy import Engine, event
+    from typer.testing import CliRunner
+
+    from invssl.cli import app
+
+    open_engine(sqlite_url).dispose()  # the schema exists: the migration's own engine is not counted
+    (tmp_path / "grid.yaml").write_text(TRIVIAL.replace(str(list(range(48))), "[0, 1, 2, 3]"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    engines = []
+
+    def connected(conn):
+        if not any(conn.engine is e for e in engines):
+            engines.append(conn.engine)
+
+    event.listen(Engine, "engine_connect", connected)
+    try:
+        result = CliRunner().invoke(app, ["sweep", "grid.yaml", "--workers", "2", "--db", sqlite_url])
+    finally:
+        event.remove(Engine, "engine_connect", connected)
+    assert result.exit_code == 0, result.output
+    assert "started 2 workers" in result.output and "4 done" in result.output
+    assert len(engines) == 1
