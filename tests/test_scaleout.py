@@ -159,6 +159,6 @@ def test_a_multi_worker_sweep_holds_one_engine_in_its_parent(tmp_path, sqlite_ur
         result = CliRunner().invoke(app, ["sweep", "grid.yaml", "--workers", "2", "--db", sqlite_url])
     finally:
         event.remove(Engine, "engine_connect", connected)
+    assert len(engines) == 1, [str(e.url) for e in engines]
     assert result.exit_code == 0, result.output
     assert "started 2 workers" in result.output and "4 done" in result.output
-    assert len(engines) == 1
