@@ -181,19 +181,6 @@ def dry_run(file: Path, db: Optional[str], overrides: Sequence[str], *, device: 
     return plan, est
 
 
-def plan_table(plan: Any) -> Any:
-    """The dry run's table: jobs and finished jobs per (topology, N_L)."""
-    from rich.table import Table
-
-    table = Table(title=f"{plan.name}: {plan.total} jobs, {plan.done} already done ({plan.where})")
-    table.add_column("topology")
-    for col in ("N_L", "jobs", "done"):
-        table.add_column(col, justify="right")
-    for (topology, n_l), (jobs, done) in sorted(plan.by_group.items()):
-        table.add_row(topology, str(n_l), str(jobs), str(done))
-    return table
-
-
 def sweep(file: Path, db: Optional[str], overrides: Sequence[str], console: Console, say: Say, warn: Say, *,
           device: Optional[str], devices: Optional[str], workers: int, data_root: Optional[str],
           enqueue_only: bool, quiet: bool) -> Optional[Outcome]:

@@ -1,4 +1,5 @@
-"""What ``status``, ``show`` and ``jobs`` print: rich tables for people, JSON and CSV for programs.
+"""What ``status``, ``show``, ``jobs`` and a dry run print: rich tables for people, JSON and CSV for
+programs.
 
 Output that is not a terminal gets a console as wide as its content, so a table piped to a
 file or a log keeps every value whole instead of being cut to 80 columns.
@@ -180,3 +181,66 @@ def _cell(col: str, value: Any) -> str:
     if col in _INTEGERS:  # a column with a gap reads back as floats
         return str(int(value))
     return field_text(col, value)
+
+
+# ------------------------------------------------------------------------ dry run
+def plan_table(plan: Any) -> Any:
+    """The dry run's table: jobs and finished jobs per (topology, N_L)."""
+    table = Table(title=f"{plan.name}: {plan.total} jobs, {plan.done} already done ({plan.where})")
+    table.add_column("topology")
+    for col in ("N_L", "jobs", "done"):
+        table.add_column(col, justify="right")
+    for (topology, n_l), (jobs, done) in sorted(plan.by_group.items()):
+        table.add_row(topology, str(n_l), str(jobs), str(done))
+    return table
+
+
+def fmt_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def estimate_table(est: Any) -> Any:
+    """The estimate (``estimate.estimate``) as a table: one row per cost class, a subtotal per
+    topology, and the total."""
+    title = f"estimated time on {est.device}, jobs run one after another"
+    if est.calibration_s:
+        title += f" (calibrated in {est.calibration_s:.1f} s)"
+    table = Table(title=title)
+    for name, justify in (("topology", "left"), ("loss", "left"), ("jobs", "right"), ("epochs", "right"),
+                          ("steps/epoch", "right"), ("s/step", "right"), ("eval s/epoch", "right"),
+                          ("time", "right"), ("from", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    per_topology = est.by_topology()
+
+    def subtotal(rows: list[Any], seconds: float) -> str:
+        known = [r for r in rows if r.seconds is not None]
+        if not known:
+            return "?"
+        return fmt_duration(seconds) + ("" if len(known) == len(rows) else " + ?")
+
+    def of(topology: str) -> str:
+        return subtotal([r for r in est.rows if r.topology == topology], per_topology[topology])
+
+    last = None
+    for r in est.rows:
+        if last is not None and r.topology != last:
+            table.add_row(f"  {last} total", "", "", "", "", "", "", of(last), "", style="dim")
+        last = r.topology
+        lo, hi = r.steps_per_epoch
+        table.add_row(r.topology, r.kind, str(r.jobs), str(r.epochs), str(lo) if lo == hi else f"{lo}-{hi}",
+                      "?" if r.step_s is None else f"{r.step_s:.4f}",
+                      "" if r.eval_s is None else f"{r.eval_s:.1f}", fmt_duration(r.seconds), r.source)
+    if last is not None:
+        table.add_row(f"  {last} total", "", "", "", "", "", "", of(last), "", style="dim")
+    total = subtotal(est.rows, est.total_s)
+    table.add_row("total", "", str(sum(r.jobs for r in est.rows)), str(sum(r.epochs for r in est.rows)),
+                  "", "", "", total, "", style="bold")
+    return table
