@@ -50,12 +50,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from _common import add_runtime_options, apply_runtime_options
 from torch import nn
 
 from invssl import fastconv, inversion, models
-from invssl.inversion import ssl_loss
 from invssl.devices import tune_cpu_allocator
-from _common import add_runtime_options, apply_runtime_options
+from invssl.inversion import ssl_loss
 
 IMAGE_SHAPE = (1, 28, 28)
 SIGNAL_SHAPES = {"Audio1D": (1, 16000)}

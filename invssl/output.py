@@ -128,7 +128,7 @@ LIST_COLUMNS = ("id", "key", "status", "topology", "dataset", "n_labeled", "alph
 
 
 def list_jobs(db: Optional[str], sweep: Optional[str], status: Optional[str],
-              where: dict[str, str]) -> "pd.DataFrame":
+              where: dict[str, str]) -> pd.DataFrame:
     """Jobs of a sweep (or all) with a status (or any), filtered by ``--where``, in id order:
     one row per job with its full key, config fields and final metrics."""
     from invssl.db import reads
@@ -143,17 +143,17 @@ def list_jobs(db: Optional[str], sweep: Optional[str], status: Optional[str],
     return filter_where(jobs, where)
 
 
-def jobs_records(jobs: "pd.DataFrame") -> list[dict[str, Any]]:
+def jobs_records(jobs: pd.DataFrame) -> list[dict[str, Any]]:
     keep = [c for c in jobs.columns if c != "group"]
     return [{k: _plain(v) for k, v in rec.items() if not (isinstance(v, float) and math.isnan(v))}
             for rec in jobs[keep].to_dict("records")]
 
 
-def jobs_csv(jobs: "pd.DataFrame") -> str:
+def jobs_csv(jobs: pd.DataFrame) -> str:
     return jobs[[c for c in jobs.columns if c != "group"]].to_csv(index=False)
 
 
-def print_jobs(out: Console, jobs: "pd.DataFrame") -> None:
+def print_jobs(out: Console, jobs: pd.DataFrame) -> None:
     if jobs.empty:
         out.print("no jobs match")
         return

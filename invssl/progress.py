@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Optional, TextIO
+from collections.abc import Callable
+from typing import Any, Optional, TextIO
 
 from rich.console import Console
 
@@ -80,7 +81,7 @@ class Lines:
         status = "handed back" if status == "released" else status
         self._say(f"{status} {key[:10]} {what} [{self.count.text()}]")
 
-    def __enter__(self) -> "Lines":
+    def __enter__(self) -> Lines:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -91,8 +92,14 @@ class Live:
     """A rich progress display: the jobs bar with its ETA, and the current job's epoch."""
 
     def __init__(self, total: int, console: Console) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -132,7 +139,7 @@ class Live:
         self.progress.console.print(f"[{style}]{shown}[/] {key[:10]} {what}", highlight=False,
                                     markup=True)
 
-    def __enter__(self) -> "Live":
+    def __enter__(self) -> Live:
         self.progress.start()
         return self
 

@@ -20,8 +20,17 @@ from typing import Any, Optional
 import pandas as pd
 
 from invssl.errors import ConfigError, UnknownNameError
-from invssl.frames import (NoResultsError, epochs_frame, fmt_weight, load_epochs, load_jobs,
-                           order_key, parse_where, require, weight_label)
+from invssl.frames import (
+    NoResultsError,
+    epochs_frame,
+    fmt_weight,
+    load_epochs,
+    load_jobs,
+    order_key,
+    parse_where,
+    require,
+    weight_label,
+)
 from invssl.pivot import pivot, pivot_long
 from invssl.report_render import FORMATS, PUBLISHED_MARK, render, render_report, rich_table
 from invssl.selection import MISSING, PM, cell_text, finished, select, usable

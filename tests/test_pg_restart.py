@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-
 from invssl.runner import enqueue
 from tests.conftest import jobs_and_epochs
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-
 from datetime import datetime, timezone
 
 import pytest
@@ -18,8 +17,8 @@ from torch import nn
 from invssl import data, health, models
 from invssl.config import JobConfig
 from invssl.db import queue
-from invssl.db.models import Job
 from invssl.db import session as db_session
+from invssl.db.models import Job
 from invssl.db.session import open_engine
 from invssl.schedules import make_schedule
 from invssl.train import lr_factor, prepare, train
