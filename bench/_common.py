@@ -8,9 +8,12 @@ from invssl import fastconv
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fast-conv-devices", default=None,
-                        help="device types on which ssl_loss uses the native conv double backward "
-                             "(fastconv.FAST_CONV_DEVICES; default: as shipped), e.g. cpu,cuda")
+    parser.add_argument(
+        "--fast-conv-devices",
+        default=None,
+        help="device types on which ssl_loss uses the native conv double backward "
+        "(fastconv.FAST_CONV_DEVICES; default: as shipped), e.g. cpu,cuda",
+    )
 
 
 def apply_runtime_options(args: argparse.Namespace) -> None:

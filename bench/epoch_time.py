@@ -55,9 +55,19 @@ def job_config(args: argparse.Namespace, topology: str, arm: str) -> JobConfig:
     b_l, b_u = (int(v) for v in args.batch.split(","))
     alpha, beta = (1.0, 0.0) if arm == "sup" else (0.5, 0.5)
     n_labeled = 1000 if arm == "sup" else args.n_labeled  # sup: the Sup1000 column
-    return JobConfig(topology=topology, dataset="mnist", n_labeled=n_labeled, alpha=alpha, beta=beta,
-                     batch_labeled=b_l, batch_unlabeled=b_u, data_root=args.data_dir, epochs=1,
-                     precision="bf16" if args.bf16 else "fp32", device=args.device)
+    return JobConfig(
+        topology=topology,
+        dataset="mnist",
+        n_labeled=n_labeled,
+        alpha=alpha,
+        beta=beta,
+        batch_labeled=b_l,
+        batch_unlabeled=b_u,
+        data_root=args.data_dir,
+        epochs=1,
+        precision="bf16" if args.bf16 else "fp32",
+        device=args.device,
+    )
 
 
 def measure(args: argparse.Namespace, topology: str, arm: str, go: Any = None) -> dict[str, Any]:
@@ -96,11 +106,19 @@ def measure(args: argparse.Namespace, topology: str, arm: str, go: Any = None) -
             torch.cuda.synchronize(dev)
 
     def step(s: int) -> torch.Tensor:
-        li = lab[s * bl:(s + 1) * bl].to(dev)
-        ui = unl[s * bu:(s + 1) * bu].to(dev)
+        li = lab[s * bl : (s + 1) * bl].to(dev)
+        ui = unl[s * bu : (s + 1) * bu].to(dev)
         with autocast():
-            terms = ssl_loss(model, prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui], alpha=config.alpha,
-                             beta=config.beta, weighting=config.weighting, distance=config.distance)
+            terms = ssl_loss(
+                model,
+                prep.x_lab[li],
+                prep.y_lab[li],
+                prep.x_unl[ui],
+                alpha=config.alpha,
+                beta=config.beta,
+                weighting=config.weighting,
+                distance=config.distance,
+            )
         opt.zero_grad(set_to_none=True)
         terms.total.backward()
         opt.step()
@@ -126,18 +144,29 @@ def measure(args: argparse.Namespace, topology: str, arm: str, go: Any = None) -
     evaluate(model, prep, config.distance, autocast)
     sync()
     eval_s = time.perf_counter() - t0
-    return {"topology": config.topology, "arm": arm, "steps": n, "steps_per_epoch": n_full,
-            "seconds": seconds, "s_per_step": seconds / n, "epoch_s": seconds / n * n_full,
-            "eval_s": eval_s, "inputs": n * (bl + (bu if config.alpha < 1 else 0)),
-            "inputs_per_s": n * (bl + (bu if config.alpha < 1 else 0)) / seconds, "extrapolated": n < n_full}
+    return {
+        "topology": config.topology,
+        "arm": arm,
+        "steps": n,
+        "steps_per_epoch": n_full,
+        "seconds": seconds,
+        "s_per_step": seconds / n,
+        "epoch_s": seconds / n * n_full,
+        "eval_s": eval_s,
+        "inputs": n * (bl + (bu if config.alpha < 1 else 0)),
+        "inputs_per_s": n * (bl + (bu if config.alpha < 1 else 0)) / seconds,
+        "extrapolated": n < n_full,
+    }
 
 
 def run_workers(args: argparse.Namespace, topology: str, arm: str) -> dict[str, Any]:
     """K processes on the same device, released together after their warm-up; summed throughput."""
     base = [sys.executable, __file__, "--_worker", json.dumps([topology, arm])]
     passthrough = [a for a in sys.argv[1:] if a != "--_worker"]
-    procs = [subprocess.Popen(base + passthrough, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(args.workers)]
+    procs = [
+        subprocess.Popen(base + passthrough, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(args.workers)
+    ]
     for p in procs:  # wait until each is warm
         assert p.stdout is not None
         line = p.stdout.readline().strip()
@@ -172,8 +201,11 @@ def fmt(seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("INVSSL_DATA", "data"),
-                        help="root holding MNIST/raw/... (torchvision layout)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("INVSSL_DATA", "data"),
+        help="root holding MNIST/raw/... (torchvision layout)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--topologies", default=",".join(MNIST_TOPOLOGIES))
     parser.add_argument("--arms", default="ssl,sup")
@@ -204,25 +236,41 @@ def main() -> None:
 
     dev = resolve_device(args.device)
     name = device_name(dev)
-    print(f"# epoch time: device={dev} ({name}) torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"workers={args.workers} batch={args.batch} N_L={args.n_labeled} bf16={args.bf16} "
-          f"channels_last={args.channels_last} steps={'epoch' if args.steps <= 0 else args.steps} "
-          f"(+{args.warmup} warm-up)")
+    print(
+        f"# epoch time: device={dev} ({name}) torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"workers={args.workers} batch={args.batch} N_L={args.n_labeled} bf16={args.bf16} "
+        f"channels_last={args.channels_last} steps={'epoch' if args.steps <= 0 else args.steps} "
+        f"(+{args.warmup} warm-up)"
+    )
     rows = []
     for topology in args.topologies.split(","):
         for arm in args.arms.split(","):
             r = run_workers(args, topology, arm) if args.workers > 1 else measure(args, topology, arm)
             rows.append(r)
-            print(f"  {r['topology']} {arm}: {r['s_per_step'] * 1e3:.1f} ms/step, epoch {fmt(r['epoch_s'])}"
-                  f"{' (extrapolated)' if r['extrapolated'] else ''}", file=sys.stderr, flush=True)
+            print(
+                f"  {r['topology']} {arm}: {r['s_per_step'] * 1e3:.1f} ms/step, epoch {fmt(r['epoch_s'])}"
+                f"{' (extrapolated)' if r['extrapolated'] else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
     header = ["topology", "arm", "ms/step", "steps/epoch", "epoch", "eval", "inputs/s", "measured"]
     if args.workers > 1:
         header[6] = f"inputs/s ({args.workers} workers)"
     table = []
     for r in rows:
         how = f"{r['steps']} steps, extrapolated" if r["extrapolated"] else "full epoch"
-        table.append([r["topology"], r["arm"], f"{r['s_per_step'] * 1e3:.1f}", str(r["steps_per_epoch"]),
-                      fmt(r["epoch_s"]), fmt(r["eval_s"]), f"{r['inputs_per_s']:.0f}", how])
+        table.append(
+            [
+                r["topology"],
+                r["arm"],
+                f"{r['s_per_step'] * 1e3:.1f}",
+                str(r["steps_per_epoch"]),
+                fmt(r["epoch_s"]),
+                fmt(r["eval_s"]),
+                f"{r['inputs_per_s']:.0f}",
+                how,
+            ]
+        )
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---" if i < 2 or i == 7 else "---:" for i in range(len(header))) + "|")
@@ -234,9 +282,11 @@ def main() -> None:
             print("  ".join(c.ljust(w) if i < 2 or i == 7 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths))))
     total = sum(r["epoch_s"] + r["eval_s"] for r in rows if r["arm"] == "ssl")
     if total:
-        print(f"\none SSL epoch of every topology listed, evaluation included: {fmt(total)} "
-              f"(a full epoch is {rows[0]['steps_per_epoch']} steps"
-              f"{'; figures from ' + str(args.steps) + ' timed steps each, extrapolated' if args.steps > 0 else ''})")
+        print(
+            f"\none SSL epoch of every topology listed, evaluation included: {fmt(total)} "
+            f"(a full epoch is {rows[0]['steps_per_epoch']} steps"
+            f"{'; figures from ' + str(args.steps) + ' timed steps each, extrapolated' if args.steps > 0 else ''})"
+        )
 
 
 if __name__ == "__main__":

@@ -114,8 +114,13 @@ class JobConfig(BaseModel):
 
 JOB_FIELDS: tuple[str, ...] = tuple(JobConfig.model_fields)
 # Keys of the file's ``data`` section and the job fields they fill.
-_DATA_KEYS = {"dataset": "dataset", "root": "data_root", "download": "download",
-              "val_size": "val_size", "params": "data_params"}
+_DATA_KEYS = {
+    "dataset": "dataset",
+    "root": "data_root",
+    "download": "download",
+    "val_size": "val_size",
+    "params": "data_params",
+}
 # The ``train`` section holds defaults for everything but the data fields.
 TRAIN_FIELDS: tuple[str, ...] = tuple(f for f in JOB_FIELDS if f not in _DATA_KEYS.values())
 
@@ -312,8 +317,9 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Ex
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
-                          f"{exc.start}); save it as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
     experiment = parse_experiment(text, str(path), overrides)
     try:
         return experiment, expand(experiment, path.parent.absolute())

@@ -67,10 +67,15 @@ def cost_key(job: JobConfig) -> CostKey:
     kind = loss_kind(job)
     inverts = kind == "ssl"
     return CostKey(
-        job.topology, job.dataset, json.dumps(job.data_params, sort_keys=True), kind, job.batch_labeled,
+        job.topology,
+        job.dataset,
+        json.dumps(job.data_params, sort_keys=True),
+        kind,
+        job.batch_labeled,
         0 if kind == "sup" else job.batch_unlabeled,  # the alpha = 1 step skips the unlabeled batch
         job.weighting if inverts else "logits",
-        json.dumps(job.layer_weights, sort_keys=True) if inverts else "null", job.precision,
+        json.dumps(job.layer_weights, sort_keys=True) if inverts else "null",
+        job.precision,
     )
 
 
@@ -133,8 +138,9 @@ class _Recorded:
     step_s: dict[CostKey, float] = field(default_factory=dict)
 
 
-def read_database(url: str, keys: Iterable[str], device_kind: str, device_name: str,
-                  n_train: Callable[[JobConfig], Optional[int]]) -> _Recorded:
+def read_database(
+    url: str, keys: Iterable[str], device_kind: str, device_name: str, n_train: Callable[[JobConfig], Optional[int]]
+) -> _Recorded:
     """Epochs already finished per job, and recorded seconds per step per cost class on a device
     like this one. Creates nothing: a missing SQLite file or schema reads as empty."""
     from invssl.db.reads import recorded_epochs
@@ -157,8 +163,9 @@ def read_database(url: str, keys: Iterable[str], device_kind: str, device_name: 
 
 
 # ------------------------------------------------------------------------------------ calibration
-def calibrate(key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_classes: int,
-              device: torch.device) -> tuple[float, float]:
+def calibrate(
+    key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_classes: int, device: torch.device
+) -> tuple[float, float]:
     """``(seconds per training step, seconds per forward input)`` of ``key`` on ``device``."""
     from invssl import models
     from invssl.devices import tune_cpu_allocator
@@ -243,8 +250,9 @@ def estimate(
         k = (job.dataset, json.dumps(job.data_params, sort_keys=True), job.data_root)
         if k not in info_cache:
             try:
-                info_cache[k] = (dataset_info or (lambda j: datasets.info(
-                    j.dataset, root=j.data_root, seed=j.seed, **j.data_params)))(job)
+                info_cache[k] = (
+                    dataset_info or (lambda j: datasets.info(j.dataset, root=j.data_root, seed=j.seed, **j.data_params))
+                )(job)
             except Exception as exc:  # e.g. a wav folder that is not on this machine
                 notes.append(f"{job.dataset}: sizes unknown ({exc}); its jobs are left out")
                 info_cache[k] = None
@@ -252,8 +260,13 @@ def estimate(
 
     recorded = _Recorded()
     if db_url is not None:
-        recorded = read_database(db_url, [j.key for j in todo], dev.type, device_name(dev),
-                                 lambda j: (info(j).n_train if info(j) is not None else None))
+        recorded = read_database(
+            db_url,
+            [j.key for j in todo],
+            dev.type,
+            device_name(dev),
+            lambda j: info(j).n_train if info(j) is not None else None,
+        )
     left = dict(recorded.epochs_done)
     left.update(epochs_done or {})
 
@@ -289,13 +302,26 @@ def estimate(
         step_s, eval_s, source = measured[key]
         epochs = [max(0, j.epochs - left.get(j.key, 0)) for j, _ in members]
         steps = [n for _, n in members]
-        rows.append(Row(key.topology, key.dataset, key.kind, len(members), sum(epochs),
-                        sum(e * n for e, n in zip(epochs, steps)), (min(steps), max(steps)),
-                        step_s, eval_s, source))
+        rows.append(
+            Row(
+                key.topology,
+                key.dataset,
+                key.kind,
+                len(members),
+                sum(epochs),
+                sum(e * n for e, n in zip(epochs, steps)),
+                (min(steps), max(steps)),
+                step_s,
+                eval_s,
+                source,
+            )
+        )
     rows.sort(key=lambda r: (r.topology, r.kind))
     if any(r.source == "unknown" for r in rows):
-        notes.append("classes marked unknown have no recorded epochs on this device and were not "
-                     "calibrated (calibration was turned off); the total leaves them out")
+        notes.append(
+            "classes marked unknown have no recorded epochs on this device and were not "
+            "calibrated (calibration was turned off); the total leaves them out"
+        )
     if any(r.source == "database" and r.eval_s is None for r in rows):
         notes.append("database figures cover training steps only (epochs.wall_s); evaluation not included")
     return Estimate(f"{dev} ({device_name(dev)})", rows, calibration_s, notes)

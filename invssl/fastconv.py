@@ -35,12 +35,23 @@ class _ConvParams(NamedTuple):
     dilation: list[int]
     groups: int
 
-    def backward(self, grad_out: Tensor, x: Tensor, weight: Tensor,
-                 mask: tuple[bool, bool]) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    def backward(
+        self, grad_out: Tensor, x: Tensor, weight: Tensor, mask: tuple[bool, bool]
+    ) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """``(grad wrt x, grad wrt weight)`` of ``conv(x, weight)``: oneDNN/cuDNN's kernels."""
-        g_x, g_w, _ = _conv_backward(grad_out, x, weight, None, self.stride, self.padding,
-                                     self.dilation, False, [0] * len(self.stride), self.groups,
-                                     [mask[0], mask[1], False])
+        g_x, g_w, _ = _conv_backward(
+            grad_out,
+            x,
+            weight,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            False,
+            [0] * len(self.stride),
+            self.groups,
+            [mask[0], mask[1], False],
+        )
         return g_x, g_w
 
     def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -116,8 +127,15 @@ class _ConvWeightGrad(torch.autograd.Function):
 
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor], params: _ConvParams,
-                rec: _Recording, reads_leaf: bool) -> Tensor:
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        params: _ConvParams,
+        rec: _Recording,
+        reads_leaf: bool,
+    ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.params, ctx.rec, ctx.reads_leaf = params, rec, reads_leaf
         with _no_autocast(x):
@@ -169,8 +187,12 @@ class _RecordConvs(TorchFunctionMode):
         x, weight, bias = a["input"], a["weight"], a.get("bias")
         if isinstance(a.get("padding", 0), str) or x.dim() != n + 2:
             return func(*args, **kwargs)
-        params = _ConvParams(_per_dim(a.get("stride", 1), n), _per_dim(a.get("padding", 0), n),
-                             _per_dim(a.get("dilation", 1), n), int(a.get("groups", 1)))
+        params = _ConvParams(
+            _per_dim(a.get("stride", 1), n),
+            _per_dim(a.get("padding", 0), n),
+            _per_dim(a.get("dilation", 1), n),
+            int(a.get("groups", 1)),
+        )
         reads_leaf = x is self.rec.leaf
         device = x.device.type
         if torch.is_autocast_enabled(device) and x.is_floating_point():
@@ -184,8 +206,7 @@ class _RecordConvs(TorchFunctionMode):
 @contextmanager
 def recording(leaf: Tensor, enabled: bool) -> Iterator[Optional[_Recording]]:
     """Record the forward pass through ``_Conv`` when a second backward will follow."""
-    if not (enabled and leaf.device.type in FAST_CONV_DEVICES
-            and not torch._C._are_functorch_transforms_active()):
+    if not (enabled and leaf.device.type in FAST_CONV_DEVICES and not torch._C._are_functorch_transforms_active()):
         yield None
         return
     rec = _Recording(leaf)
@@ -198,4 +219,3 @@ def inverted(rec: Optional[_Recording]) -> None:
     """``x_hat`` exists: from now on a backward is the training one (weights, not the leaf)."""
     if rec is not None:
         rec.inverted = True
-

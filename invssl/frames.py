@@ -79,8 +79,9 @@ def field_text(field: str, value: Any) -> str:
 
 
 # ------------------------------------------------------------------------ database -> frames
-def load_jobs(engine: Any, sweep: Optional[str] = None, *, status: Optional[str] = "done",
-              allow_empty: bool = False) -> pd.DataFrame:
+def load_jobs(
+    engine: Any, sweep: Optional[str] = None, *, status: Optional[str] = "done", allow_empty: bool = False
+) -> pd.DataFrame:
     """Jobs with ``status`` (finished ones by default; None: all), of one sweep or all.
 
     Raises UnknownNameError for an unknown sweep and, unless ``allow_empty``, NoResultsError
@@ -207,8 +208,9 @@ def matches(series: pd.Series, wanted: Any) -> pd.Series:
 def require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ConfigError(f"{what}: no column {', '.join(missing)} in the results; "
-                          f"available: {', '.join(map(str, df.columns))}")
+        raise ConfigError(
+            f"{what}: no column {', '.join(missing)} in the results; available: {', '.join(map(str, df.columns))}"
+        )
 
 
 def filter_where(jobs: pd.DataFrame, where: Mapping[str, Any], what: str = "conditions") -> pd.DataFrame:

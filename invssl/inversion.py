@@ -84,6 +84,7 @@ def _capture(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, Tens
     captured: dict[str, Tensor] = {}
     handles = []
     for name in layers:
+
         def hook(_module: nn.Module, _inputs: object, output: Tensor, name: str = name) -> None:
             captured[name] = output
 
@@ -109,8 +110,7 @@ def _multiscale(model: nn.Module, x: Tensor, layers: Sequence[str]) -> tuple[Ten
             z = outputs[name]  # (B, *) the representation z_l(x)
             # Later layers still need the forward graph, so keep it until the last one.
             retain = keep_graph or i < len(layers) - 1
-            (x_hats[name],) = torch.autograd.grad(z, xl, grad_outputs=z, create_graph=keep_graph,
-                                                  retain_graph=retain)
+            (x_hats[name],) = torch.autograd.grad(z, xl, grad_outputs=z, create_graph=keep_graph, retain_graph=retain)
         inverted(rec)
     if not keep_graph:
         logits, x_hats = logits.detach(), {k: v.detach() for k, v in x_hats.items()}
@@ -154,7 +154,7 @@ def ssl_loss(
     beta: float,
     layer_weights: Mapping[str, float] | None = None,
     distance: Distance = "mse",
-    weighting: Weighting = "logits"
+    weighting: Weighting = "logits",
 ) -> LossTerms:
     """``alpha*CE + (1-alpha)*(beta*R + (1-beta)*E)`` (docs/method.md, section 2).
 
@@ -184,9 +184,8 @@ def ssl_loss(
         else:
             logits, x_hats = _multiscale(model, x, list(layer_weights))
             recon = sum(
-                (gamma * distance_per_input(x, x_hats[name], distance).mean()
-                 for name, gamma in layer_weights.items()),
-                start=zero
+                (gamma * distance_per_input(x, x_hats[name], distance).mean() for name, gamma in layer_weights.items()),
+                start=zero,
             )
     else:
         logits = model(x)  # (B_l + B_u, K)

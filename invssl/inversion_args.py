@@ -36,8 +36,7 @@ def _check_inputs(x_labeled: Tensor, y_labeled: Tensor, x_unlabeled: Tensor) -> 
         )
     if y_labeled.shape != (x_labeled.shape[0],):
         raise ValueError(
-            f"y_labeled: shape {tuple(y_labeled.shape)} does not match x_labeled's batch "
-            f"of {x_labeled.shape[0]}"
+            f"y_labeled: shape {tuple(y_labeled.shape)} does not match x_labeled's batch of {x_labeled.shape[0]}"
         )
     if y_labeled.is_floating_point():
         raise ValueError("y_labeled must hold integer class indices")
@@ -51,8 +50,16 @@ def check_labels(y_labeled: Tensor, num_classes: int) -> None:
         )
 
 
-def check_loss_args(x_labeled: Tensor, y_labeled: Tensor, x_unlabeled: Tensor, alpha: float, beta: float,
-                    layer_weights: Mapping[str, float] | None, distance: str, weighting: str) -> tuple[float, float]:
+def check_loss_args(
+    x_labeled: Tensor,
+    y_labeled: Tensor,
+    x_unlabeled: Tensor,
+    alpha: float,
+    beta: float,
+    layer_weights: Mapping[str, float] | None,
+    distance: str,
+    weighting: str,
+) -> tuple[float, float]:
     """What ``ssl_loss`` can check before its forward pass; returns ``(alpha, beta)`` as floats."""
     alpha = _check_weight("alpha", alpha)
     beta = _check_weight("beta", beta)

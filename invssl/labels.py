@@ -10,8 +10,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-_PARTS = (("topology", "{}"), ("dataset", "{}"), ("n_labeled", "N_L={}"), ("alpha", "a={}"), ("beta", "b={}"),
-          ("seed", "seed={}"))
+_PARTS = (
+    ("topology", "{}"),
+    ("dataset", "{}"),
+    ("n_labeled", "N_L={}"),
+    ("alpha", "a={}"),
+    ("beta", "b={}"),
+    ("seed", "seed={}"),
+)
 
 
 def short(value: Any) -> str:

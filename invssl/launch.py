@@ -66,8 +66,12 @@ def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         before, after = a.get(path), b.get(path)
         if before == after or path in ("data.root", "data.download"):
             continue
-        if path.startswith("grid.") and isinstance(before, list) and isinstance(after, list) \
-                and all(v in after for v in before):
+        if (
+            path.startswith("grid.")
+            and isinstance(before, list)
+            and isinstance(after, list)
+            and all(v in after for v in before)
+        ):
             continue
         out.append(f"{path}: {_show(before)} -> {_show(after)}")
     return out
@@ -92,37 +96,76 @@ def _warn_if_changed(engine: Any, experiment: Experiment, warn: Say) -> None:
     old = reads.sweep_spec(engine, experiment.name)
     changes = [] if old is None else spec_changes(old, experiment.model_dump(mode="json"))
     if changes:
-        warn(f"warning: sweep {experiment.name!r} was enqueued before with another spec "
-             f"({'; '.join(changes)}); its earlier jobs stay in it, and a report over the sweep "
-             "refuses to pool them with the new ones: give the sweep a new name, or pick jobs "
-             "by the fields that changed")
+        warn(
+            f"warning: sweep {experiment.name!r} was enqueued before with another spec "
+            f"({'; '.join(changes)}); its earlier jobs stay in it, and a report over the sweep "
+            "refuses to pool them with the new ones: give the sweep a new name, or pick jobs "
+            "by the fields that changed"
+        )
 
 
-def run_local(url: str, console: Console, *, device: Optional[str], data_root: Optional[str],
-              sweep_id: Optional[int], total: int, quiet: bool, forever: bool = False,
-              stale_after: float = STALE_AFTER_S, heartbeat: float = HEARTBEAT_S, engine: Any = None) -> Any:
+def run_local(
+    url: str,
+    console: Console,
+    *,
+    device: Optional[str],
+    data_root: Optional[str],
+    sweep_id: Optional[int],
+    total: int,
+    quiet: bool,
+    forever: bool = False,
+    stale_after: float = STALE_AFTER_S,
+    heartbeat: float = HEARTBEAT_S,
+    engine: Any = None,
+) -> Any:
     """One worker in this process (on ``engine`` if given); returns its summary, whose
     ``stopped_by`` names the signal that stopped it."""
     from invssl.runner import Worker
 
     show = progress.display(total, console, quiet)
-    worker = Worker(url, device=device, data_root=data_root, stale_after_s=stale_after,
-                    heartbeat_s=heartbeat, events=show.events() if show else None, engine=engine)
+    worker = Worker(
+        url,
+        device=device,
+        data_root=data_root,
+        stale_after_s=stale_after,
+        heartbeat_s=heartbeat,
+        events=show.events() if show else None,
+        engine=engine,
+    )
     with show or nullcontext():
         return worker.run(sweep_id=sweep_id, forever=forever)
 
 
-def worker(db: Optional[str], console: Console, *, device: Optional[str], data_root: Optional[str],
-           quiet: bool, sweep_id: Optional[int] = None, forever: bool = False,
-           stale_after: float = STALE_AFTER_S, heartbeat: float = HEARTBEAT_S) -> Any:
+def worker(
+    db: Optional[str],
+    console: Console,
+    *,
+    device: Optional[str],
+    data_root: Optional[str],
+    quiet: bool,
+    sweep_id: Optional[int] = None,
+    forever: bool = False,
+    stale_after: float = STALE_AFTER_S,
+    heartbeat: float = HEARTBEAT_S,
+) -> Any:
     """``invssl worker``, and each worker process of a sweep: jobs claimed one at a time until
     none is left (or, ``forever``, until a signal)."""
     from invssl.db.session import resolve_url
     from invssl.devices import check_devices
 
     check_devices([device])
-    return run_local(resolve_url(db), console, device=device, data_root=data_root, sweep_id=sweep_id,
-                     total=0, quiet=quiet, forever=forever, stale_after=stale_after, heartbeat=heartbeat)
+    return run_local(
+        resolve_url(db),
+        console,
+        device=device,
+        data_root=data_root,
+        sweep_id=sweep_id,
+        total=0,
+        quiet=quiet,
+        forever=forever,
+        stale_after=stale_after,
+        heartbeat=heartbeat,
+    )
 
 
 def upgrade(db: Optional[str]) -> str:
@@ -135,9 +178,18 @@ def upgrade(db: Optional[str]) -> str:
     return mask_url(url)
 
 
-def resume(db: Optional[str], console: Console, say: Say, *, device: Optional[str],
-           data_root: Optional[str], retry_failed: bool, max_attempts: int, stale_after: float,
-           quiet: bool) -> tuple[Optional[int], int]:
+def resume(
+    db: Optional[str],
+    console: Console,
+    say: Say,
+    *,
+    device: Optional[str],
+    data_root: Optional[str],
+    retry_failed: bool,
+    max_attempts: int,
+    stale_after: float,
+    quiet: bool,
+) -> tuple[Optional[int], int]:
     """Dead workers' jobs (and failed ones, with ``retry_failed``) back to the queue, then run
     every pending job here; returns the signal that stopped the run, if one did, and how many
     jobs have failed."""
@@ -156,15 +208,31 @@ def resume(db: Optional[str], console: Console, say: Say, *, device: Optional[st
         say(f"resume: {len(reaped)} interrupted, {retried} failed requeued, {pending} pending")
         stopped_by = None
         if pending:
-            stopped_by = run_local(url, console, device=device, data_root=data_root, sweep_id=None,
-                                   total=pending, quiet=quiet, engine=engine).stopped_by
+            stopped_by = run_local(
+                url,
+                console,
+                device=device,
+                data_root=data_root,
+                sweep_id=None,
+                total=pending,
+                quiet=quiet,
+                engine=engine,
+            ).stopped_by
         return stopped_by, reads.status_counts(engine).get("failed", 0)
     finally:
         engine.dispose()
 
 
-def dry_run(file: Path, db: Optional[str], overrides: Sequence[str], *, device: Optional[str],
-            devices: Optional[str], data_root: Optional[str], calibrate: bool) -> tuple[Any, Any]:
+def dry_run(
+    file: Path,
+    db: Optional[str],
+    overrides: Sequence[str],
+    *,
+    device: Optional[str],
+    devices: Optional[str],
+    data_root: Optional[str],
+    calibrate: bool,
+) -> tuple[Any, Any]:
     """The plan and its time estimate, after the same device and data checks as a real run
     (nothing downloaded); ``calibrate`` times a few steps of configurations never recorded."""
     from invssl import estimate, runner
@@ -176,14 +244,25 @@ def dry_run(file: Path, db: Optional[str], overrides: Sequence[str], *, device: 
     check_devices([device, *(devices.split(",") if devices else [])])
     check_data(plan.jobs, data_root, fetch=False)
     jobs = [j.model_copy(update={"data_root": data_root}) for j in plan.jobs] if data_root else plan.jobs
-    est = estimate.estimate(jobs, done=plan.done_keys, device=device, db_url=url,
-                            calibrate_missing=calibrate)
+    est = estimate.estimate(jobs, done=plan.done_keys, device=device, db_url=url, calibrate_missing=calibrate)
     return plan, est
 
 
-def sweep(file: Path, db: Optional[str], overrides: Sequence[str], console: Console, say: Say, warn: Say, *,
-          device: Optional[str], devices: Optional[str], workers: int, data_root: Optional[str],
-          enqueue_only: bool, quiet: bool) -> Optional[Outcome]:
+def sweep(
+    file: Path,
+    db: Optional[str],
+    overrides: Sequence[str],
+    console: Console,
+    say: Say,
+    warn: Say,
+    *,
+    device: Optional[str],
+    devices: Optional[str],
+    workers: int,
+    data_root: Optional[str],
+    enqueue_only: bool,
+    quiet: bool,
+) -> Optional[Outcome]:
     """Check, enqueue and run a sweep; None with ``enqueue_only``."""
     from invssl import runner
     from invssl.db.session import mask_url, open_engine, resolve_url
@@ -198,18 +277,29 @@ def sweep(file: Path, db: Optional[str], overrides: Sequence[str], console: Cons
     try:
         _warn_if_changed(engine, experiment, warn)
         enq = runner.enqueue_jobs(engine, experiment, jobs)
-        say(f"sweep [bold]{enq.name}[/]: {len(enq.keys)} jobs ({enq.new} new, "
-            f"{enq.existing} already known) in {mask_url(url)}")
+        say(
+            f"sweep [bold]{enq.name}[/]: {len(enq.keys)} jobs ({enq.new} new, "
+            f"{enq.existing} already known) in {mask_url(url)}"
+        )
         if enqueue_only:
             return None
-        return _run(engine, url, enq, console, say, devs, workers=workers, data_root=data_root,
-                    quiet=quiet)
+        return _run(engine, url, enq, console, say, devs, workers=workers, data_root=data_root, quiet=quiet)
     finally:
         engine.dispose()
 
 
-def _run(engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list[str], *,
-         workers: int, data_root: Optional[str], quiet: bool) -> Outcome:
+def _run(
+    engine: Any,
+    url: str,
+    enq: Any,
+    console: Console,
+    say: Say,
+    devs: list[str],
+    *,
+    workers: int,
+    data_root: Optional[str],
+    quiet: bool,
+) -> Outcome:
     from invssl import pool, runner
     from invssl.db import reads
 
@@ -221,16 +311,22 @@ def _run(engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list
     if todo == 0:
         say("nothing to do: every job of this sweep has finished")
     elif n == 1:
-        outcome.stopped_by = run_local(url, console, device=devs[0] if devs else None,
-                                       data_root=data_root, sweep_id=enq.sweep_id, total=todo,
-                                       quiet=quiet, engine=engine).stopped_by
+        outcome.stopped_by = run_local(
+            url,
+            console,
+            device=devs[0] if devs else None,
+            data_root=data_root,
+            sweep_id=enq.sweep_id,
+            total=todo,
+            quiet=quiet,
+            engine=engine,
+        ).stopped_by
     else:
         say(f"started {n} workers" + (f" on {', '.join(devs)}" if devs else ""))
         show = progress.display(todo, console, quiet)
         ended = progress.ChildJobs(lambda: reads.ended_jobs(engine, enq.sweep_id), show)
         with show or nullcontext():
-            ran = pool.run_pool(engine, url, n, devs, sweep_id=enq.sweep_id, data_root=data_root,
-                                on_poll=ended)
+            ran = pool.run_pool(engine, url, n, devs, sweep_id=enq.sweep_id, data_root=data_root, on_poll=ended)
             ended()
         outcome.stopped_by, outcome.died = ran.stopped_by, ran.died
     outcome.counts = Counter(reads.status_counts(engine, sweep=enq.name))

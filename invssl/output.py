@@ -22,8 +22,21 @@ FORMATS: tuple[str, ...] = ("terminal", "json")
 LIST_FORMATS: tuple[str, ...] = ("terminal", "json", "csv")
 # Wide enough for any table; rich sizes a table to its content below this.
 _UNBOUNDED = 100_000
-EPOCH_COLUMNS = ("epoch", "loss", "ce", "recon", "entropy", "val_acc", "test_acc", "recon_err",
-                 "pred_entropy", "dead_units", "collapsed", "lr", "wall_s")
+EPOCH_COLUMNS = (
+    "epoch",
+    "loss",
+    "ce",
+    "recon",
+    "entropy",
+    "val_acc",
+    "test_acc",
+    "recon_err",
+    "pred_entropy",
+    "dead_units",
+    "collapsed",
+    "lr",
+    "wall_s",
+)
 
 
 def console(stderr: bool = False) -> Console:
@@ -60,33 +73,46 @@ def status_data(db: Optional[str]) -> dict[str, Any]:
     from invssl.db import reads
 
     with reads.reading(db) as engine:
-        return {"database": reads.where(db), "counts": reads.status_counts(engine),
-                "running": reads.running_jobs(engine), "failed": reads.failed_jobs(engine),
-                "collapsed": reads.collapsed_jobs(engine)}
+        return {
+            "database": reads.where(db),
+            "counts": reads.status_counts(engine),
+            "running": reads.running_jobs(engine),
+            "failed": reads.failed_jobs(engine),
+            "collapsed": reads.collapsed_jobs(engine),
+        }
 
 
 def print_status(out: Console, data: dict[str, Any]) -> None:
     counts = data["counts"]
-    out.print(f"{data['database']}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
-                                                  ("pending", "running", "done", "failed")),
-              highlight=False)
+    out.print(
+        f"{data['database']}: "
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "running", "done", "failed")),
+        highlight=False,
+    )
     if data["running"]:
         table = Table(title="running")
         for col in ("job", "label", "worker", "epochs", "heartbeat age (s)"):
             table.add_column(col)
         for job in data["running"]:
             age = job["heartbeat_age_s"]
-            table.add_row(job["key"][:10], job["label"], job["worker"] or "",
-                          str(job["epochs_done"]), "" if age is None else f"{age:.0f}")
+            table.add_row(
+                job["key"][:10],
+                job["label"],
+                job["worker"] or "",
+                str(job["epochs_done"]),
+                "" if age is None else f"{age:.0f}",
+            )
         out.print(table)
     for job in data["failed"]:
-        out.print(f"[red]failed[/] {job['key'][:10]} (attempts {job['attempts']}): {job['error']}",
-                  highlight=False)
+        out.print(f"[red]failed[/] {job['key'][:10]} (attempts {job['attempts']}): {job['error']}", highlight=False)
     for job in data["collapsed"]:
         stopped = " (stopped early)" if job["result"].get("stopped_collapsed") else ""
-        out.print(f"[yellow]collapsed[/] {job['key'][:10]} {job['label']}: predictions "
-                  f"entropy {job['result'].get('pred_entropy', 0):.2f} after epoch "
-                  f"{job['epochs_done']}{stopped}", highlight=False)
+        out.print(
+            f"[yellow]collapsed[/] {job['key'][:10]} {job['label']}: predictions "
+            f"entropy {job['result'].get('pred_entropy', 0):.2f} after epoch "
+            f"{job['epochs_done']}{stopped}",
+            highlight=False,
+        )
 
 
 # ------------------------------------------------------------------------ show
@@ -101,34 +127,50 @@ def show_data(db: Optional[str], ref: str) -> dict[str, Any]:
 
 
 def print_show(out: Console, info: dict[str, Any]) -> None:
-    out.print(f"job {info['id']} [bold]{info['key']}[/]: {info['status']} "
-              f"(attempts {info['attempts']})", highlight=False)
+    out.print(
+        f"job {info['id']} [bold]{info['key']}[/]: {info['status']} (attempts {info['attempts']})", highlight=False
+    )
     if info.get("error"):
         out.print(f"[red]error:[/] {info['error']}", highlight=False)
     out.print("config: " + json.dumps(info["config"], sort_keys=True), highlight=False, markup=False)
-    out.print("environment: " + json.dumps(info.get("env") or {}, sort_keys=True), highlight=False,
-              markup=False)
+    out.print("environment: " + json.dumps(info.get("env") or {}, sort_keys=True), highlight=False, markup=False)
     if (info.get("result") or {}).get("collapsed"):
-        out.print("[yellow]collapsed:[/] the network predicts few classes or has a silent "
-                  "layer (its health columns are below)", highlight=False)
+        out.print(
+            "[yellow]collapsed:[/] the network predicts few classes or has a silent "
+            "layer (its health columns are below)",
+            highlight=False,
+        )
     rows = info["epochs"]
     if rows:
         table = Table(title="epochs")
         for c in EPOCH_COLUMNS:
             table.add_column(c, justify="right")
         for r in rows:
-            table.add_row(*("" if r.get(c) is None else (str(r[c]) if c == "epoch" else f"{r[c]:.4g}")
-                            for c in EPOCH_COLUMNS))
+            table.add_row(
+                *("" if r.get(c) is None else (str(r[c]) if c == "epoch" else f"{r[c]:.4g}") for c in EPOCH_COLUMNS)
+            )
         out.print(table)
 
 
 # ------------------------------------------------------------------------ jobs
-LIST_COLUMNS = ("id", "key", "status", "topology", "dataset", "n_labeled", "alpha", "beta", "seed",
-                "epochs_done", "epochs", "val_acc", "test_acc")
+LIST_COLUMNS = (
+    "id",
+    "key",
+    "status",
+    "topology",
+    "dataset",
+    "n_labeled",
+    "alpha",
+    "beta",
+    "seed",
+    "epochs_done",
+    "epochs",
+    "val_acc",
+    "test_acc",
+)
 
 
-def list_jobs(db: Optional[str], sweep: Optional[str], status: Optional[str],
-              where: dict[str, str]) -> pd.DataFrame:
+def list_jobs(db: Optional[str], sweep: Optional[str], status: Optional[str], where: dict[str, str]) -> pd.DataFrame:
     """Jobs of a sweep (or all) with a status (or any), filtered by ``--where``, in id order:
     one row per job with its full key, config fields and final metrics."""
     from invssl.db import reads
@@ -145,8 +187,10 @@ def list_jobs(db: Optional[str], sweep: Optional[str], status: Optional[str],
 
 def jobs_records(jobs: pd.DataFrame) -> list[dict[str, Any]]:
     keep = [c for c in jobs.columns if c != "group"]
-    return [{k: _plain(v) for k, v in rec.items() if not (isinstance(v, float) and math.isnan(v))}
-            for rec in jobs[keep].to_dict("records")]
+    return [
+        {k: _plain(v) for k, v in rec.items() if not (isinstance(v, float) and math.isnan(v))}
+        for rec in jobs[keep].to_dict("records")
+    ]
 
 
 def jobs_csv(jobs: pd.DataFrame) -> str:
@@ -214,9 +258,17 @@ def estimate_table(est: Any) -> Any:
     if est.calibration_s:
         title += f" (calibrated in {est.calibration_s:.1f} s)"
     table = Table(title=title)
-    for name, justify in (("topology", "left"), ("loss", "left"), ("jobs", "right"), ("epochs", "right"),
-                          ("steps/epoch", "right"), ("s/step", "right"), ("eval s/epoch", "right"),
-                          ("time", "right"), ("from", "left")):
+    for name, justify in (
+        ("topology", "left"),
+        ("loss", "left"),
+        ("jobs", "right"),
+        ("epochs", "right"),
+        ("steps/epoch", "right"),
+        ("s/step", "right"),
+        ("eval s/epoch", "right"),
+        ("time", "right"),
+        ("from", "left"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     per_topology = est.by_topology()
 
@@ -235,12 +287,30 @@ def estimate_table(est: Any) -> Any:
             table.add_row(f"  {last} total", "", "", "", "", "", "", of(last), "", style="dim")
         last = r.topology
         lo, hi = r.steps_per_epoch
-        table.add_row(r.topology, r.kind, str(r.jobs), str(r.epochs), str(lo) if lo == hi else f"{lo}-{hi}",
-                      "?" if r.step_s is None else f"{r.step_s:.4f}",
-                      "" if r.eval_s is None else f"{r.eval_s:.1f}", fmt_duration(r.seconds), r.source)
+        table.add_row(
+            r.topology,
+            r.kind,
+            str(r.jobs),
+            str(r.epochs),
+            str(lo) if lo == hi else f"{lo}-{hi}",
+            "?" if r.step_s is None else f"{r.step_s:.4f}",
+            "" if r.eval_s is None else f"{r.eval_s:.1f}",
+            fmt_duration(r.seconds),
+            r.source,
+        )
     if last is not None:
         table.add_row(f"  {last} total", "", "", "", "", "", "", of(last), "", style="dim")
     total = subtotal(est.rows, est.total_s)
-    table.add_row("total", "", str(sum(r.jobs for r in est.rows)), str(sum(r.epochs for r in est.rows)),
-                  "", "", "", total, "", style="bold")
+    table.add_row(
+        "total",
+        "",
+        str(sum(r.jobs for r in est.rows)),
+        str(sum(r.epochs for r in est.rows)),
+        "",
+        "",
+        "",
+        total,
+        "",
+        style="bold",
+    )
     return table

@@ -36,8 +36,9 @@ class PoolOutcome:
     died: list[str] = field(default_factory=list)  # one line per worker that died
 
 
-def spawn_workers(db_url: str, n: int, devices: list[str], *, sweep_id: Optional[int],
-                  data_root: Optional[str]) -> list[subprocess.Popen[bytes]]:
+def spawn_workers(
+    db_url: str, n: int, devices: list[str], *, sweep_id: Optional[int], data_root: Optional[str]
+) -> list[subprocess.Popen[bytes]]:
     """Start ``n`` worker processes, round-robin over ``devices`` (threads split among them)."""
     env = dict(os.environ, INVSSL_DB=db_url)
     threads = max(1, (os.cpu_count() or 1) // n)
@@ -47,8 +48,11 @@ def spawn_workers(db_url: str, n: int, devices: list[str], *, sweep_id: Optional
     # still imports must not kill it with a traceback (the SIGTERM forwarded below stops it).
     with _ignoring(signal.SIGINT):
         for i in range(n):
-            spec = {"device": devices[i % len(devices)] if devices else None, "sweep_id": sweep_id,
-                    "data_root": data_root}
+            spec = {
+                "device": devices[i % len(devices)] if devices else None,
+                "sweep_id": sweep_id,
+                "data_root": data_root,
+            }
             procs.append(subprocess.Popen([sys.executable, "-m", "invssl.pool", json.dumps(spec)], env=env))
     return procs
 
@@ -65,9 +69,17 @@ def _ignoring(signum: int) -> Iterator[None]:
         signal.signal(signum, previous)
 
 
-def run_pool(engine: Any, db_url: str, n: int, devices: list[str], *, sweep_id: Optional[int],
-             data_root: Optional[str], on_poll: Callable[[], None] = lambda: None,
-             poll_s: float = 1.0) -> PoolOutcome:
+def run_pool(
+    engine: Any,
+    db_url: str,
+    n: int,
+    devices: list[str],
+    *,
+    sweep_id: Optional[int],
+    data_root: Optional[str],
+    on_poll: Callable[[], None] = lambda: None,
+    poll_s: float = 1.0,
+) -> PoolOutcome:
     """Run ``n`` workers until every one has exited; ``on_poll`` runs about every ``poll_s``."""
     outcome = PoolOutcome()
     procs = spawn_workers(db_url, n, devices, sweep_id=sweep_id, data_root=data_root)

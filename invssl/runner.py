@@ -36,9 +36,15 @@ from invssl.train import EpochReport, Prepared, train
 def environment(device: torch.device) -> dict[str, Any]:
     """What produced a result: versions, device, host and the invssl checkout's commit."""
     env: dict[str, Any] = {
-        "invssl": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "platform": platform.platform(), "host": socket.gethostname(),
-        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
+        "invssl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
     }
     for pkg in ("torchvision", "numpy"):
         try:
@@ -54,8 +60,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 def _git_commit() -> Optional[str]:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -79,8 +84,7 @@ def _pid_alive(pid: int) -> bool:
 
 def reap(engine: Any, stale_after_s: float = STALE_AFTER_S) -> list[int]:
     """Return jobs of dead workers to the queue (stale heartbeat, or a dead pid on this host)."""
-    return queue.reap(engine, stale_after_s=stale_after_s, host=socket.gethostname(),
-                      alive=_pid_alive)
+    return queue.reap(engine, stale_after_s=stale_after_s, host=socket.gethostname(), alive=_pid_alive)
 
 
 @dataclass
@@ -170,10 +174,17 @@ class _Heartbeat(threading.Thread):
 
 
 class Worker:
-    def __init__(self, db_url: Optional[str] = None, *, device: Optional[str] = None,
-                 data_root: Optional[str] = None, heartbeat_s: float = HEARTBEAT_S,
-                 stale_after_s: float = STALE_AFTER_S, events: Optional[WorkerEvents] = None,
-                 engine: Any = None) -> None:
+    def __init__(
+        self,
+        db_url: Optional[str] = None,
+        *,
+        device: Optional[str] = None,
+        data_root: Optional[str] = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_after_s: float = STALE_AFTER_S,
+        events: Optional[WorkerEvents] = None,
+        engine: Any = None,
+    ) -> None:
         self.engine = engine if engine is not None else open_engine(resolve_url(db_url), upgrade=True)
         self.device = device
         self.data_root = data_root
@@ -183,8 +194,7 @@ class Worker:
         self.stop = StopFlag()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, *, sweep_id: Optional[int] = None, forever: bool = False,
-            poll_s: float = 5.0) -> WorkerSummary:
+    def run(self, *, sweep_id: Optional[int] = None, forever: bool = False, poll_s: float = 5.0) -> WorkerSummary:
         """Run jobs until none is left (or a signal); ``stopped_by`` says which signal."""
         summary = WorkerSummary()
         with self.stop.on_signals():
@@ -195,13 +205,13 @@ class Worker:
         summary.stopped_by = self.stop.signal
         return summary
 
-    def _loop(self, summary: WorkerSummary, sweep_id: Optional[int], forever: bool,
-              poll_s: float) -> None:
+    def _loop(self, summary: WorkerSummary, sweep_id: Optional[int], forever: bool, poll_s: float) -> None:
         # Jobs of workers that died (here or on another machine) are work too.
         reap(self.engine, self.stale_after_s)
         while not self.stop():
-            claim = queue.claim(self.engine, worker=self.name, host=socket.gethostname(),
-                                pid=os.getpid(), sweep_id=sweep_id)
+            claim = queue.claim(
+                self.engine, worker=self.name, host=socket.gethostname(), pid=os.getpid(), sweep_id=sweep_id
+            )
             if claim is None:
                 # A worker of this sweep may have died meanwhile: its job is the work left.
                 if reap(self.engine, self.stale_after_s):
@@ -237,8 +247,12 @@ class Worker:
                 self.events.epoch(config, rep)
 
             metrics, partial = train(
-                config, device=device, checkpoint=stored[1] if stored else None,
-                on_epoch=on_epoch, on_step=self.events.step, on_prepared=on_prepared,
+                config,
+                device=device,
+                checkpoint=stored[1] if stored else None,
+                on_epoch=on_epoch,
+                on_step=self.events.step,
+                on_prepared=on_prepared,
                 should_stop=lambda: self.stop() or beat.lost.is_set() or beat.gone is not None,
             )
             if beat.gone is not None:
@@ -260,8 +274,10 @@ class Worker:
             self._hand_back(claim)
             raise
         except torch.cuda.OutOfMemoryError:
-            outcome = self._fail(claim, f"{config.label()}: CUDA out of memory (try a smaller "
-                                        "batch, bf16 precision, or fewer jobs per GPU)")
+            outcome = self._fail(
+                claim,
+                f"{config.label()}: CUDA out of memory (try a smaller batch, bf16 precision, or fewer jobs per GPU)",
+            )
         except (InvsslError, ValueError) as exc:
             outcome = self._fail(claim, f"{config.label()}: {exc}")
         except Exception as exc:  # a bug or a broken environment: the sweep goes on
@@ -314,8 +330,15 @@ def plan(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[str
         g = groups.setdefault((job.topology, job.n_labeled), [0, 0])
         g[0] += 1
         g[1] += job.key in done_keys
-    return Plan(experiment.name, len(jobs), sum(j.key in done_keys for j in jobs),
-                {k: (v[0], v[1]) for k, v in groups.items()}, jobs, set(done_keys), mask_url(url))
+    return Plan(
+        experiment.name,
+        len(jobs),
+        sum(j.key in done_keys for j in jobs),
+        {k: (v[0], v[1]) for k, v in groups.items()},
+        jobs,
+        set(done_keys),
+        mask_url(url),
+    )
 
 
 @dataclass

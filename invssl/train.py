@@ -55,32 +55,48 @@ class Prepared:
 
 
 @lru_cache(maxsize=2)
-def _load_dataset(name: str, root: Optional[str], download: bool, params: str,
-                  scaling: str) -> datasets.Dataset:
+def _load_dataset(name: str, root: Optional[str], download: bool, params: str, scaling: str) -> datasets.Dataset:
     # Jobs of one sweep share their dataset: load and scale it once per process.
     ds = datasets.load(name, root=root, download=download, **json.loads(params))
     if scaling == "standardize":
         return ds
-    return replace(ds, x_train=datasets.scale_inputs(ds.x_train, ds.norm, scaling),
-                   x_test=datasets.scale_inputs(ds.x_test, ds.norm, scaling))
+    return replace(
+        ds,
+        x_train=datasets.scale_inputs(ds.x_train, ds.norm, scaling),
+        x_test=datasets.scale_inputs(ds.x_test, ds.norm, scaling),
+    )
 
 
 def prepare(config: JobConfig, device: torch.device) -> Prepared:
-    ds = _load_dataset(config.dataset, config.data_root, config.download,
-                       json.dumps(config.data_params, sort_keys=True), config.input_scaling)
-    split = datasets.make_split(ds.y_train.numpy(), config.n_labeled, config.seed,
-                                n_val=config.val_size,
-                                groups=None if ds.groups_train is None else ds.groups_train.numpy())
+    ds = _load_dataset(
+        config.dataset,
+        config.data_root,
+        config.download,
+        json.dumps(config.data_params, sort_keys=True),
+        config.input_scaling,
+    )
+    split = datasets.make_split(
+        ds.y_train.numpy(),
+        config.n_labeled,
+        config.seed,
+        n_val=config.val_size,
+        groups=None if ds.groups_train is None else ds.groups_train.numpy(),
+    )
 
     def take(t: Tensor, idx: Any) -> Tensor:
         return t[torch.as_tensor(idx, dtype=torch.long)].to(device)
 
     return Prepared(
-        x_lab=take(ds.x_train, split.labeled), y_lab=take(ds.y_train, split.labeled),
+        x_lab=take(ds.x_train, split.labeled),
+        y_lab=take(ds.y_train, split.labeled),
         x_unl=take(ds.x_train, split.unlabeled),
-        x_val=take(ds.x_train, split.validation), y_val=take(ds.y_train, split.validation),
-        x_test=ds.x_test.to(device), y_test=ds.y_test.to(device),
-        groups_test=ds.groups_test, split=split, info=ds.info,
+        x_val=take(ds.x_train, split.validation),
+        y_val=take(ds.y_train, split.validation),
+        x_test=ds.x_test.to(device),
+        y_test=ds.y_test.to(device),
+        groups_test=ds.groups_test,
+        split=split,
+        info=ds.info,
     )
 
 
@@ -103,7 +119,7 @@ def _index_stream(n: int, total: int, gen: torch.Generator) -> Tensor:
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: Tensor) -> Tensor:
-    return torch.cat([model(x[i:i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
+    return torch.cat([model(x[i : i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
 
 
 def evaluate(model: nn.Module, prep: Prepared, distance: str, autocast: Any) -> dict[str, float]:
@@ -125,12 +141,11 @@ def evaluate(model: nn.Module, prep: Prepared, distance: str, autocast: Any) -> 
                     logits = _predict(model, x)
                 out[name] = (logits.argmax(1) == y).float().mean().item()
                 if name == "test_acc" and prep.groups_test is not None:
-                    out["test_acc_recording"] = datasets.per_group_accuracy(
-                        logits.cpu(), y.cpu(), prep.groups_test)
+                    out["test_acc_recording"] = datasets.per_group_accuracy(logits.cpu(), y.cpu(), prep.groups_test)
         errs = []
         x = prep.x_test[:RECON_EVAL]
         for i in range(0, len(x), EVAL_BATCH // 4):
-            chunk = x[i:i + EVAL_BATCH // 4]
+            chunk = x[i : i + EVAL_BATCH // 4]
             with torch.no_grad():
                 _, x_hat = reconstruct(model, chunk)
             errs.append(distance_per_input(chunk.float(), x_hat.float(), distance))  # type: ignore[arg-type]
@@ -189,10 +204,17 @@ class _State:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         blob = {
-            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(), "gen": self.gen.get_state(), "rng": rng,
-            "epoch": self.epoch, "step": self.step, "lab_order": self.lab_order,
-            "unl_order": self.unl_order, "sums": self.sums.cpu(), "seconds": self.seconds,
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "gen": self.gen.get_state(),
+            "rng": rng,
+            "epoch": self.epoch,
+            "step": self.step,
+            "lab_order": self.lab_order,
+            "unl_order": self.unl_order,
+            "sums": self.sums.cpu(),
+            "seconds": self.seconds,
             "collapsed_epochs": self.collapsed_epochs,
         }
         buf = io.BytesIO()
@@ -219,8 +241,7 @@ def _read_checkpoint(raw: bytes, device: str | torch.device) -> dict[str, Any]:
     try:
         blob = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
     except Exception as exc:  # damaged bytes surface as pickle, zip, EOF or index errors
-        raise JobError(f"the stored checkpoint is damaged and cannot be read "
-                       f"({type(exc).__name__})") from None
+        raise JobError(f"the stored checkpoint is damaged and cannot be read ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or "model" not in blob:
         raise JobError("the stored checkpoint is damaged: it holds no model")
     return blob
@@ -234,13 +255,32 @@ def load_model(config: JobConfig, checkpoint: bytes, device: str | torch.device 
     return model.to(device).eval()
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x_lab: Tensor, y_lab: Tensor, x_unl: Tensor, *,
-               alpha: float, beta: float, config: JobConfig, autocast: Callable[[], Any]) -> Tensor:
+def train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x_lab: Tensor,
+    y_lab: Tensor,
+    x_unl: Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    config: JobConfig,
+    autocast: Callable[[], Any],
+) -> Tensor:
     """One optimiser step on a labeled and an unlabeled batch; returns the loss terms
     ``LOSS_TERMS`` as a float64 tensor on the device, without waiting for it."""
     with autocast():
-        terms = ssl_loss(model, x_lab, y_lab, x_unl, alpha=alpha, beta=beta, layer_weights=config.layer_weights,
-                         distance=config.distance, weighting=config.weighting)
+        terms = ssl_loss(
+            model,
+            x_lab,
+            y_lab,
+            x_unl,
+            alpha=alpha,
+            beta=beta,
+            layer_weights=config.layer_weights,
+            distance=config.distance,
+            weighting=config.weighting,
+        )
     opt.zero_grad(set_to_none=True)
     terms.total.backward()
     opt.step()
@@ -274,8 +314,7 @@ def train(
     prep = prepare(config, dev)
     if on_prepared:
         on_prepared(prep)
-    model = models.build(config.topology, prep.info.input_shape, prep.info.num_classes,
-                         init=config.init).to(dev)
+    model = models.build(config.topology, prep.info.input_shape, prep.info.num_classes, init=config.init).to(dev)
     n_steps = steps_per_epoch(config, len(prep.x_unl))
     state = _State(config, model, dev, n_steps)
     if checkpoint is not None:
@@ -310,10 +349,19 @@ def train(
             s = state.step
             t = state.epoch + (s / n_steps if config.schedule_per == "step" else 0.0)
             alpha, beta = alpha_t(t), beta_t(t)
-            li = state.lab_order[s * bl:(s + 1) * bl].to(dev)
-            ui = state.unl_order[s * bu:(s + 1) * bu].to(dev)
-            values = train_step(model, state.opt, prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui],
-                                alpha=alpha, beta=beta, config=config, autocast=autocast)
+            li = state.lab_order[s * bl : (s + 1) * bl].to(dev)
+            ui = state.unl_order[s * bu : (s + 1) * bu].to(dev)
+            values = train_step(
+                model,
+                state.opt,
+                prep.x_lab[li],
+                prep.y_lab[li],
+                prep.x_unl[ui],
+                alpha=alpha,
+                beta=beta,
+                config=config,
+                autocast=autocast,
+            )
             state.sched.step()
             history.append(values)
             state.sums += values

@@ -41,8 +41,7 @@ def schema_diffs(url: str, metadata: MetaData = Base.metadata) -> list[Any]:
     engine = db_session.make_engine(url)
     try:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE,
-                                                         "compare_type": True})
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
             return compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
@@ -75,9 +74,14 @@ def test_upgrade_of_an_empty_database_gives_the_models_schema(db_url: str) -> No
 
 def test_alembic_command_upgrades_with_the_repository_config(db_url: str) -> None:
     env = dict(os.environ, INVSSL_DB=db_url)
-    proc = subprocess.run([sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"),
-                           "upgrade", "head"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "upgrade", "head"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert schema_diffs(db_url) == []
     engine = open_engine(db_url, upgrade=False)

@@ -72,7 +72,13 @@ def nets():
             (1, 16),
         ),
         "bias_free": (
-            nn.Sequential(nn.Linear(6, 8, bias=False), ChannelWTA(), nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 4, bias=False)),
+            nn.Sequential(
+                nn.Linear(6, 8, bias=False),
+                ChannelWTA(),
+                nn.Linear(8, 6, bias=False),
+                nn.ReLU(),
+                nn.Linear(6, 4, bias=False),
+            ),
             (6,),
         ),
         "gelu_layernorm": (nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)), (6,)),
@@ -184,7 +190,7 @@ def hand_loss(model, xl, yl, xu, alpha, beta):
     J = per_example_jacobian(model, x)
     x_hat = torch.einsum("bkd,bk->bd", J, f.detach())
     R = ((x.flatten(1) - x_hat) ** 2).sum(1).div(x[0].numel()).mean()
-    p = f[len(xl):].softmax(-1)
+    p = f[len(xl) :].softmax(-1)
     E = -(p * p.log()).sum(1).mean()
     ce = -f[: len(xl)].log_softmax(-1)[torch.arange(len(xl)), yl].mean()
     return alpha * ce + (1 - alpha) * (beta * R + (1 - beta) * E), ce, R, E
@@ -350,7 +356,7 @@ def test_native_conv_double_backward_matches_autograd(fast_conv, name, kwargs):
         terms = ssl_loss(model, xl, yl, xu, alpha=0.3, beta=0.6, **kwargs)
         grads = torch.autograd.grad(terms.total, params, create_graph=True)
         # one order further, as learning the weights through an update step would need
-        third = torch.autograd.grad(sum((g ** 2).sum() for g in grads), params)
+        third = torch.autograd.grad(sum((g**2).sum() for g in grads), params)
         return terms.total.detach(), grads, third
 
     plain, fast = fast_conv(step, False), fast_conv(step, True)

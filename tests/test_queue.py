@@ -23,8 +23,7 @@ def key(name: str) -> str:
 
 
 def job(name: str, **extra: Any) -> tuple[str, dict[str, Any]]:
-    config = {"topology": "SmallCNN", "dataset": "mnist", "n_labeled": 100, "seed": 0,
-              "name": name, **extra}
+    config = {"topology": "SmallCNN", "dataset": "mnist", "n_labeled": 100, "seed": 0, "name": name, **extra}
     return key(name), config
 
 
@@ -123,8 +122,9 @@ def _claim_until_empty(url: str, barrier: Any, results: Any) -> None:
     engine.dispose()
 
 
-def test_eight_workers_claim_every_job_exactly_once(db_url: str, capsys: pytest.CaptureFixture[str],
-                                                    record_property: Any) -> None:
+def test_eight_workers_claim_every_job_exactly_once(
+    db_url: str, capsys: pytest.CaptureFixture[str], record_property: Any
+) -> None:
     engine = open_engine(db_url)
     sweep = queue.ensure_sweep(engine, "load", {})
     assert queue.enqueue(engine, sweep, [job(f"load{i}") for i in range(200)]) == (200, 0)
@@ -152,8 +152,7 @@ def test_eight_workers_claim_every_job_exactly_once(db_url: str, capsys: pytest.
     record_property("claims_per_second", round(rate, 1))
     backend = engine.dialect.name
     with capsys.disabled():
-        print(f"\n[{backend}] 8 processes claimed+finished 200 jobs in {elapsed:.2f} s: "
-              f"{rate:.0f} claims/s")
+        print(f"\n[{backend}] 8 processes claimed+finished 200 jobs in {elapsed:.2f} s: {rate:.0f} claims/s")
     engine.dispose()
 
 
@@ -216,8 +215,11 @@ def test_reap_by_heartbeat_age(engine: Engine) -> None:
     queue.enqueue(engine, sweep, [job("quiet"), job("beating")])
     quiet, beating = claim(engine), claim(engine)
     with engine.begin() as conn:
-        conn.execute(update(Job).where(Job.id == quiet.job_id)
-                     .values(heartbeat_at=datetime.now(timezone.utc) - timedelta(minutes=10)))
+        conn.execute(
+            update(Job)
+            .where(Job.id == quiet.job_id)
+            .values(heartbeat_at=datetime.now(timezone.utc) - timedelta(minutes=10))
+        )
     queue.heartbeat(engine, beating.job_id, beating.attempt)
     assert queue.reap(engine, stale_after_s=60) == [quiet.job_id]
     assert job_row(engine, quiet.job_id).status == "pending"
@@ -300,7 +302,9 @@ def test_retry_failed_respects_max_attempts(engine: Engine) -> None:
     queue.fail(engine, once.job_id, once.attempt, "out of memory")
     failed = reads.failed_jobs(engine)
     assert [(f["id"], f["attempts"], f["error"]) for f in failed] == [
-        (thrice.job_id, 3, "diverged in attempt 3"), (once.job_id, 1, "out of memory")]
+        (thrice.job_id, 3, "diverged in attempt 3"),
+        (once.job_id, 1, "out of memory"),
+    ]
     assert queue.retry_failed(engine, max_attempts=3) == 1
     info = reads.get_job(engine, once.job_id)
     assert (info["status"], info["error"]) == ("pending", None)
@@ -311,9 +315,15 @@ def test_retry_failed_respects_max_attempts(engine: Engine) -> None:
 # ------------------------------------------------------------------------------ reports
 def test_reports(engine: Engine) -> None:
     sweep = queue.ensure_sweep(engine, "s", {})
-    queue.enqueue(engine, sweep, [("ab" + "0" * 62, {"topology": "MLP", "dataset": "mnist1d",
-                                                     "n_labeled": 50, "seed": 3}),
-                                  ("ab" + "1" * 62, {}), ("cd" + "2" * 62, {})])
+    queue.enqueue(
+        engine,
+        sweep,
+        [
+            ("ab" + "0" * 62, {"topology": "MLP", "dataset": "mnist1d", "n_labeled": 50, "seed": 3}),
+            ("ab" + "1" * 62, {}),
+            ("cd" + "2" * 62, {}),
+        ],
+    )
     r = claim(engine, worker="host:7", pid=7)
     running = reads.running_jobs(engine)
     assert [(j["id"], j["worker"], j["epochs_done"]) for j in running] == [(r.job_id, "host:7", 0)]

@@ -39,8 +39,10 @@ def _root(
 
 
 # ---------------------------------------------------------------- shared options
-DB_HELP = ("Results database URL (default: $INVSSL_DB, else sqlite:///invssl.db). SQLite is for "
-           "one machine; several machines need PostgreSQL: postgresql+psycopg://user@host/db.")
+DB_HELP = (
+    "Results database URL (default: $INVSSL_DB, else sqlite:///invssl.db). SQLite is for "
+    "one machine; several machines need PostgreSQL: postgresql+psycopg://user@host/db."
+)
 DbOpt = typer.Option(None, "--db", help=DB_HELP, show_default=False)
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: auto).")
 DataRootOpt = typer.Option(None, "--data-root", help="Override the data root of every job.")

@@ -26,8 +26,11 @@ def status(db: Optional[str] = DbOpt, fmt: str = FormatOpt) -> None:
 
 
 @app.command()
-def show(job: str = typer.Argument(..., help="Job key (a unique prefix) or numeric id."),
-         db: Optional[str] = DbOpt, fmt: str = FormatOpt) -> None:
+def show(
+    job: str = typer.Argument(..., help="Job key (a unique prefix) or numeric id."),
+    db: Optional[str] = DbOpt,
+    fmt: str = FormatOpt,
+) -> None:
     """A job's config, environment and per-epoch metrics."""
     from invssl import output
 
@@ -42,8 +45,12 @@ def show(job: str = typer.Argument(..., help="Job key (a unique prefix) or numer
 @app.command("jobs")
 def jobs_cmd(
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Only the jobs of this sweep."),
-    status: Optional[str] = typer.Option(None, "--status", help="Only jobs in this state: pending, running, done or failed."),
-    where: Optional[list[str]] = typer.Option(None, "--where", metavar="FIELD=VALUE", help="Keep jobs with FIELD=VALUE, e.g. alpha=0.5 (repeatable)."),
+    status: Optional[str] = typer.Option(
+        None, "--status", help="Only jobs in this state: pending, running, done or failed."
+    ),
+    where: Optional[list[str]] = typer.Option(
+        None, "--where", metavar="FIELD=VALUE", help="Keep jobs with FIELD=VALUE, e.g. alpha=0.5 (repeatable)."
+    ),
     fmt: str = typer.Option("terminal", "--format", help="terminal, json or csv (full keys, every field)."),
     db: Optional[str] = DbOpt,
 ) -> None:
@@ -63,7 +70,9 @@ def jobs_cmd(
 
 @app.command("models")
 def models_cmd(
-    input_shape: str = typer.Option("1,28,28", "--input-shape", help="Input shape without the batch, e.g. 1,28,28 or 3,32,32 or 1,16000."),
+    input_shape: str = typer.Option(
+        "1,28,28", "--input-shape", help="Input shape without the batch, e.g. 1,28,28 or 3,32,32 or 1,16000."
+    ),
     classes: int = typer.Option(10, "--classes", min=2, help="Number of classes (the width of the last layer)."),
 ) -> None:
     """The model zoo: every topology with its parameter count for an input shape."""
@@ -87,17 +96,33 @@ def models_cmd(
 
 @app.command()
 def report(
-    table: Optional[str] = typer.Option(None, "--table", help="mnist (the paper's Table 2) or bird10 (accuracy against alpha per dataset)."),
+    table: Optional[str] = typer.Option(
+        None, "--table", help="mnist (the paper's Table 2) or bird10 (accuracy against alpha per dataset)."
+    ),
     compare: Optional[str] = typer.Option(None, "--compare", help="paper: add the published figures (mnist table)."),
-    rows: Optional[str] = typer.Option(None, "--rows", help="General pivot: job field(s) for the rows, comma-separated."),
-    cols: Optional[str] = typer.Option(None, "--cols", help="General pivot: job field(s) for the columns, comma-separated."),
-    where: Optional[list[str]] = typer.Option(None, "--where", metavar="FIELD=VALUE", help="General pivot: keep jobs with FIELD=VALUE (repeatable)."),
+    rows: Optional[str] = typer.Option(
+        None, "--rows", help="General pivot: job field(s) for the rows, comma-separated."
+    ),
+    cols: Optional[str] = typer.Option(
+        None, "--cols", help="General pivot: job field(s) for the columns, comma-separated."
+    ),
+    where: Optional[list[str]] = typer.Option(
+        None, "--where", metavar="FIELD=VALUE", help="General pivot: keep jobs with FIELD=VALUE (repeatable)."
+    ),
     value: str = typer.Option("test_acc", "--value", help="General pivot: the metric in the cells."),
-    fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, latex; csv or json: one record per cell with numeric mean, std, n."),
+    fmt: str = typer.Option(
+        "terminal",
+        "--format",
+        help="terminal, markdown, latex; csv or json: one record per cell with numeric mean, std, n.",
+    ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of the terminal."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Only the jobs of this sweep."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="The dataset of the table (mnist table: default mnist)."),
-    last: int = typer.Option(5, "--last", min=1, help="bird10: each job's test accuracy at its best-validation epoch among its last N."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="The dataset of the table (mnist table: default mnist)."
+    ),
+    last: int = typer.Option(
+        5, "--last", min=1, help="bird10: each job's test accuracy at its best-validation epoch among its last N."
+    ),
     db: Optional[str] = DbOpt,
 ) -> None:
     """Tables from finished jobs: the paper's Table 2, the 1-D experiment, or any pivot."""
@@ -113,9 +138,18 @@ def report(
     if table is not None and (rows or cols or where):
         raise ConfigError("--rows/--cols/--where make a general pivot; they do not combine with --table")
     conditions = rep.parse_where(where or [])
-    built = rep.from_database(db, table, sweep=sweep, compare=compare, dataset=dataset, last=last,
-                              rows=fields(rows or ""), cols=fields(cols) if cols else None, value=value,
-                              where=conditions)
+    built = rep.from_database(
+        db,
+        table,
+        sweep=sweep,
+        compare=compare,
+        dataset=dataset,
+        last=last,
+        rows=fields(rows or ""),
+        cols=fields(cols) if cols else None,
+        value=value,
+        where=conditions,
+    )
     if fmt == "terminal" and output is None and console.is_terminal:
         console.print(rep.rich_table(built.table))
         return
@@ -125,10 +159,14 @@ def report(
 @app.command()
 def plot(
     jobs: Optional[list[str]] = typer.Argument(None, help="Jobs (key prefixes or ids): their learning curves."),
-    sweep: Optional[str] = typer.Option(None, "--sweep", help="Plot a metric against a grid field over this sweep's finished jobs."),
+    sweep: Optional[str] = typer.Option(
+        None, "--sweep", help="Plot a metric against a grid field over this sweep's finished jobs."
+    ),
     x: Optional[str] = typer.Option(None, "--x", help="Grid field on the x axis, e.g. alpha."),
     y: str = typer.Option("test_acc", "--y", help="Metric on the y axis."),
-    by: Optional[str] = typer.Option(None, "--by", help="Fields that make one line, comma-separated (default: topology/dataset)."),
+    by: Optional[str] = typer.Option(
+        None, "--by", help="Fields that make one line, comma-separated (default: topology/dataset)."
+    ),
     output: Optional[Path] = FigureOpt,
     db: Optional[str] = DbOpt,
 ) -> None:
@@ -164,6 +202,5 @@ def reconstruct_cmd(
 
     if output is not None:
         plots.check_figure_path(output)
-    path = plots.job_reconstructions(db, job, n, output, device=device or "cpu",
-                                     data_root=data_root)
+    path = plots.job_reconstructions(db, job, n, output, device=device or "cpu", data_root=data_root)
     console.print(f"wrote {path}", highlight=False)

@@ -15,16 +15,24 @@ from invssl.defaults import HEARTBEAT_S, MAX_ATTEMPTS, STALE_AFTER_S
 @app.command()
 def sweep(
     file: Path = typer.Argument(..., help="Experiment file (YAML): name, data, train, grid, overrides, extra."),
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY.PATH=VALUE]...", help="Overrides of the file, e.g. train.epochs=1 grid.seed=[0] (values read as YAML)."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="[KEY.PATH=VALUE]...",
+        help="Overrides of the file, e.g. train.epochs=1 grid.seed=[0] (values read as YAML).",
+    ),
     db: Optional[str] = DbOpt,
     device: Optional[str] = DeviceOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and write nothing."),
     workers: int = typer.Option(0, "--workers", min=0, help="Worker processes (default: one per GPU, else 1)."),
-    devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated devices for the workers, e.g. cuda:0,cuda:1."),
+    devices: Optional[str] = typer.Option(
+        None, "--devices", help="Comma-separated devices for the workers, e.g. cuda:0,cuda:1."
+    ),
     enqueue_only: bool = typer.Option(False, "--enqueue-only", help="Fill the queue for workers elsewhere and exit."),
     data_root: Optional[str] = DataRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="With --dry-run: estimate from recorded epoch times only; time no training steps."),
+    no_calibrate: bool = typer.Option(
+        False, "--no-calibrate", help="With --dry-run: estimate from recorded epoch times only; time no training steps."
+    ),
 ) -> None:
     """Expand an experiment grid into jobs and run them; finished jobs are skipped.
 
@@ -37,16 +45,28 @@ def sweep(
     if dry_run:
         from invssl import output
 
-        plan, est = launch.dry_run(file, db, overrides or [], device=device, devices=devices,
-                                   data_root=data_root, calibrate=not no_calibrate)
+        plan, est = launch.dry_run(
+            file, db, overrides or [], device=device, devices=devices, data_root=data_root, calibrate=not no_calibrate
+        )
         console.print(output.plan_table(plan))
         console.print(output.estimate_table(est))
         for note in est.notes:
             console.print(f"note: {note}", highlight=False)
         return
-    outcome = launch.sweep(file, db, overrides or [], console, say, warn, device=device,
-                           devices=devices, workers=workers, data_root=data_root,
-                           enqueue_only=enqueue_only, quiet=quiet)
+    outcome = launch.sweep(
+        file,
+        db,
+        overrides or [],
+        console,
+        say,
+        warn,
+        device=device,
+        devices=devices,
+        workers=workers,
+        data_root=data_root,
+        enqueue_only=enqueue_only,
+        quiet=quiet,
+    )
     if outcome is not None:
         _finish(outcome)
 
@@ -58,8 +78,7 @@ def _finish(outcome: Any) -> None:
         err_console.print(f"[red]worker died:[/] {what}", highlight=False)
     _exit_if_interrupted(outcome.stopped_by)
     if counts["failed"]:
-        err_console.print("some jobs failed: `invssl status` shows why; "
-                          "`invssl resume --retry-failed` runs them again")
+        err_console.print("some jobs failed: `invssl status` shows why; `invssl resume --retry-failed` runs them again")
         raise typer.Exit(1)
     if outcome.died and counts["pending"] + counts["running"]:
         err_console.print("jobs are left: `invssl resume` runs them")
@@ -77,10 +96,19 @@ def _exit_if_interrupted(stopped_by: Optional[int]) -> None:
 def worker(
     db: Optional[str] = DbOpt,
     device: Optional[str] = DeviceOpt,
-    forever: bool = typer.Option(False, "--forever", help="Keep polling for new jobs instead of exiting when none is left."),
+    forever: bool = typer.Option(
+        False, "--forever", help="Keep polling for new jobs instead of exiting when none is left."
+    ),
     data_root: Optional[str] = DataRootOpt,
-    stale_after: float = typer.Option(STALE_AFTER_S, "--stale-after", min=1.0, help="Seconds without a heartbeat after which another worker's job is presumed dead and taken over."),
-    heartbeat: float = typer.Option(HEARTBEAT_S, "--heartbeat", min=0.1, help="Seconds between heartbeats of the running job."),
+    stale_after: float = typer.Option(
+        STALE_AFTER_S,
+        "--stale-after",
+        min=1.0,
+        help="Seconds without a heartbeat after which another worker's job is presumed dead and taken over.",
+    ),
+    heartbeat: float = typer.Option(
+        HEARTBEAT_S, "--heartbeat", min=0.1, help="Seconds between heartbeats of the running job."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Claim pending jobs one at a time and run them until none is left.
@@ -91,8 +119,16 @@ def worker(
     """
     from invssl import launch
 
-    summary = launch.worker(db, console, device=device, data_root=data_root, quiet=quiet,
-                            forever=forever, stale_after=stale_after, heartbeat=heartbeat)
+    summary = launch.worker(
+        db,
+        console,
+        device=device,
+        data_root=data_root,
+        quiet=quiet,
+        forever=forever,
+        stale_after=stale_after,
+        heartbeat=heartbeat,
+    )
     console.print(summary.line(), highlight=False)
     _exit_if_interrupted(summary.stopped_by)
 
@@ -102,17 +138,32 @@ def resume(
     db: Optional[str] = DbOpt,
     device: Optional[str] = DeviceOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun failed jobs."),
-    max_attempts: int = typer.Option(MAX_ATTEMPTS, "--max-attempts", min=1, help="With --retry-failed: skip jobs already tried this often."),
-    stale_after: float = typer.Option(STALE_AFTER_S, "--stale-after", min=1.0, help="Seconds without a heartbeat after which a running job is presumed dead."),
+    max_attempts: int = typer.Option(
+        MAX_ATTEMPTS, "--max-attempts", min=1, help="With --retry-failed: skip jobs already tried this often."
+    ),
+    stale_after: float = typer.Option(
+        STALE_AFTER_S,
+        "--stale-after",
+        min=1.0,
+        help="Seconds without a heartbeat after which a running job is presumed dead.",
+    ),
     data_root: Optional[str] = DataRootOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Finish what was interrupted: dead workers' jobs go back to work from their last checkpoint."""
     from invssl import launch
 
-    stopped_by, failed = launch.resume(db, console, say, device=device, data_root=data_root,
-                                       retry_failed=retry_failed, max_attempts=max_attempts,
-                                       stale_after=stale_after, quiet=quiet)
+    stopped_by, failed = launch.resume(
+        db,
+        console,
+        say,
+        device=device,
+        data_root=data_root,
+        retry_failed=retry_failed,
+        max_attempts=max_attempts,
+        stale_after=stale_after,
+        quiet=quiet,
+    )
     _exit_if_interrupted(stopped_by)
     if failed and retry_failed:
         raise typer.Exit(1)

@@ -28,4 +28,3 @@ def per_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor) -> float:
     if (label[inverse] != y).any():
         raise ValueError("a group holds windows with different labels")
     return (summed.argmax(dim=1) == label).double().mean().item()
-

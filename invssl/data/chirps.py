@@ -36,9 +36,7 @@ _CHIRP_SNR_DB = (0.0, 15.0)
 _CHIRP_CHUNK = 250  # rows per vectorised block: big arrays spend their time in page faults
 
 
-def _chirp_params(
-    n_train: Any, n_test: Any, sample_rate: Any, duration_ms: Any
-) -> tuple[int, int, int, int]:
+def _chirp_params(n_train: Any, n_test: Any, sample_rate: Any, duration_ms: Any) -> tuple[int, int, int, int]:
     n_train = int_param("chirps", "n_train", n_train, 1)
     n_test = int_param("chirps", "n_test", n_test, 1)
     sample_rate = int_param("chirps", "sample_rate", sample_rate, 1000)

@@ -62,6 +62,4 @@ def _mnist1d_load(root: Path | None, download: bool, seed: int, num_samples: int
 
 
 def register() -> None:
-    SOURCES.add(
-        "mnist1d", Source(params={"num_samples": 5000}, info=_mnist1d_info, load=_mnist1d_load)
-    )
+    SOURCES.add("mnist1d", Source(params={"num_samples": 5000}, info=_mnist1d_info, load=_mnist1d_load))

@@ -23,6 +23,7 @@ from invssl.registry import Registry
 
 DIGITS = tuple(str(d) for d in range(10))
 
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
@@ -95,15 +96,11 @@ def _resolve(name: str, params: dict[str, Any]) -> tuple[Source, dict[str, Any]]
     unknown = sorted(set(params) - set(source.params))
     if unknown:
         valid = ", ".join(source.params) or "none"
-        raise ConfigError(
-            f"unknown parameter {unknown[0]!r} for dataset {SOURCES.canonical(name)!r}; "
-            f"valid: {valid}"
-        )
+        raise ConfigError(f"unknown parameter {unknown[0]!r} for dataset {SOURCES.canonical(name)!r}; valid: {valid}")
     return source, {**source.params, **params}
 
 
-def ensure_files(name: str, *, root: str | Path | None = None, download: bool = False,
-                 fetch: bool = True) -> None:
+def ensure_files(name: str, *, root: str | Path | None = None, download: bool = False, fetch: bool = True) -> None:
     """Fail fast when a dataset's files are absent (DataError naming the folder and files).
 
     With ``download`` and ``fetch`` the files are downloaded now, one process at a time per
@@ -137,9 +134,7 @@ def int_param(dataset: str, key: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def float_param(
-    dataset: str, key: str, value: Any, low: float, high: float, *, high_open: bool = False
-) -> float:
+def float_param(dataset: str, key: str, value: Any, low: float, high: float, *, high_open: bool = False) -> float:
     ok = (
         not isinstance(value, bool)
         and isinstance(value, (int, float, np.integer, np.floating))
@@ -148,15 +143,11 @@ def float_param(
     )
     if not ok:
         bracket = ")" if high_open else "]"
-        raise ConfigError(
-            f"{dataset}: {key} must be a number in [{low}, {high}{bracket}, got {value!r}"
-        )
+        raise ConfigError(f"{dataset}: {key} must be a number in [{low}, {high}{bracket}, got {value!r}")
     return float(value)
 
 
-def normalised(
-    x_train: Tensor, x_test: Tensor
-) -> tuple[Tensor, Tensor, tuple[tuple[float, ...], tuple[float, ...]]]:
+def normalised(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor, tuple[tuple[float, ...], tuple[float, ...]]]:
     """Normalise both sets in place with the training set's per-channel mean and std."""
     dims = [0, *range(2, x_train.dim())]
     std, mean = torch.std_mean(x_train, dim=dims, correction=0)
@@ -190,4 +181,3 @@ def scale_inputs(x: Tensor, norm: tuple[tuple[float, ...], tuple[float, ...]], h
     dims = tuple(range(1, x.dim()))
     std_i, mean_i = torch.std_mean(raw, dim=dims, keepdim=True, correction=0)
     return (raw - mean_i) / torch.where(std_i > 0, std_i, torch.ones_like(std_i))
-

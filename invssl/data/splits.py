@@ -135,9 +135,7 @@ def make_split(
     if n_labeled is not None:
         n_labeled = int_param("split", "n_labeled", n_labeled, 0)
         if n_labeled % num_classes:
-            raise ConfigError(
-                f"split: n_labeled={n_labeled} is not a multiple of the {num_classes} classes"
-            )
+            raise ConfigError(f"split: n_labeled={n_labeled} is not a multiple of the {num_classes} classes")
     if groups is not None:
         groups = _as_numpy(groups, "groups")
         if len(groups) != n:
@@ -159,10 +157,7 @@ def make_split(
             rest = rng.permutation(rest)
         want = len(rest) if n_labeled is None else n_labeled // num_classes
         if len(rest) < want:
-            raise DataError(
-                f"split: class {c} has {len(rest)} examples outside validation, "
-                f"{want} labeled needed"
-            )
+            raise DataError(f"split: class {c} has {len(rest)} examples outside validation, {want} labeled needed")
         validation.append(val)
         labeled.append(rest[:want])
     validation_ = np.concatenate(validation)

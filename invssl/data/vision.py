@@ -62,8 +62,16 @@ _VISION = {
     "fashion-mnist": _idx_set(
         "FashionMNIST",
         (
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
         ),  # fmt: skip
     ),
     "kmnist": _idx_set("KMNIST", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
@@ -75,8 +83,16 @@ _VISION = {
         arrays=lambda ds: (torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)),
         input_shape=(3, 32, 32),
         class_names=(
-            "airplane", "automobile", "bird", "cat", "deer",
-            "dog", "frog", "horse", "ship", "truck",
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
         ),  # fmt: skip
         n_train=50000,
         n_test=10000,
@@ -85,9 +101,7 @@ _VISION = {
         title="SVHN",
         folder=".",
         files=("train_32x32.mat", "test_32x32.mat"),
-        open=lambda cls, root, train, download: cls(
-            root, split="train" if train else "test", download=download
-        ),
+        open=lambda cls, root, train, download: cls(root, split="train" if train else "test", download=download),
         # torchvision already maps SVHN's label 10 to digit 0.
         arrays=lambda ds: (torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()),
         input_shape=(3, 32, 32),
@@ -99,9 +113,7 @@ _VISION = {
 
 
 def _vision_info(name: str, spec: _Vision) -> DatasetInfo:
-    return DatasetInfo(
-        name, spec.input_shape, len(spec.class_names), spec.class_names, spec.n_train, spec.n_test
-    )
+    return DatasetInfo(name, spec.input_shape, len(spec.class_names), spec.class_names, spec.n_train, spec.n_test)
 
 
 def _vision_load(name: str, spec: _Vision, root: Path | None, download: bool) -> Dataset:
@@ -125,9 +137,7 @@ def _vision_load(name: str, spec: _Vision, root: Path | None, download: bool) ->
             raise DataError(f"cannot read {spec.title} files in {folder}: {reason}") from exc
         (x_train, y_train), (x_test, y_test) = spec.arrays(train), spec.arrays(test)
     x_train, x_test, norm = normalised(_unit_float(x_train), _unit_float(x_test))
-    return Dataset(
-        _vision_info(name, spec), x_train, y_train, x_test, y_test, None, None, norm
-    )
+    return Dataset(_vision_info(name, spec), x_train, y_train, x_test, y_test, None, None, norm)
 
 
 def _idx_arrays(folder: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -141,6 +151,7 @@ def _vision_files(name: str, spec: _Vision, root: Path, download: bool, fetch: b
     folder = (root / spec.folder).absolute()
     gz_too = spec.arrays is None
     if download and fetch:
+
         def get() -> None:
             import torchvision.datasets
 
@@ -151,10 +162,10 @@ def _vision_files(name: str, spec: _Vision, root: Path, download: bool, fetch: b
         datafiles.fetch(spec.title, root.absolute(), folder, spec.files, gz_too, get)
         return
     if datafiles.missing(folder, spec.files, gz_too) and not download:
-        raise DataError(f"{spec.title} files not found in {folder}: expected "
-                        f"{', '.join(spec.files)} (pass download: true to fetch them)")
-
-
+        raise DataError(
+            f"{spec.title} files not found in {folder}: expected "
+            f"{', '.join(spec.files)} (pass download: true to fetch them)"
+        )
 
 
 def _unit_float(x: Tensor) -> Tensor:
@@ -168,9 +179,7 @@ def register() -> None:
             Source(
                 params={},
                 info=lambda root, seed, _n=name, _s=spec: _vision_info(_n, _s),
-                load=lambda root, download, seed, _n=name, _s=spec: _vision_load(
-                    _n, _s, root, download
-                ),
+                load=lambda root, download, seed, _n=name, _s=spec: _vision_load(_n, _s, root, download),
                 files=lambda root, download, fetch, _n=name, _s=spec: _vision_files(
                     _n, _s, need_root(_n, root), download, fetch
                 ),

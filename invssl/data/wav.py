@@ -69,14 +69,10 @@ def _wav_plan(
     sample_rate = int_param("wav-folder", "sample_rate", sample_rate, 1)
     window_ms = float_param("wav-folder", "window_ms", window_ms, 0.0, math.inf)
     overlap = float_param("wav-folder", "overlap", overlap, 0.0, 1.0, high_open=True)
-    test_fraction = float_param(
-        "wav-folder", "test_fraction", test_fraction, 0.0, 1.0, high_open=True
-    )
+    test_fraction = float_param("wav-folder", "test_fraction", test_fraction, 0.0, 1.0, high_open=True)
     window = round(sample_rate * window_ms / 1000)
     if window < 1:
-        raise ConfigError(
-            f"wav-folder: window_ms={window_ms} is under one sample at {sample_rate} Hz"
-        )
+        raise ConfigError(f"wav-folder: window_ms={window_ms} is under one sample at {sample_rate} Hz")
     hop = max(1, round(window * (1 - overlap)))
 
     if not root.is_dir():
@@ -105,12 +101,8 @@ def _wav_plan(
         n_test = 0 if len(ids) < 2 else min(max(round(test_fraction * len(ids)), 1), len(ids) - 1)
         is_test[ids[:n_test]] = True
     if not is_test.any():
-        raise DataError(
-            f"wav-folder: no class in {root} has two recordings, so none is left for testing"
-        )
-    return _WavPlan(
-        tuple(p.name for p in class_dirs), tuple(recordings), is_test, window, hop, sample_rate
-    )
+        raise DataError(f"wav-folder: no class in {root} has two recordings, so none is left for testing")
+    return _WavPlan(tuple(p.name for p in class_dirs), tuple(recordings), is_test, window, hop, sample_rate)
 
 
 def _wav_info(root: Path | None, seed: int, **params: Any) -> DatasetInfo:
@@ -119,9 +111,7 @@ def _wav_info(root: Path | None, seed: int, **params: Any) -> DatasetInfo:
 
 
 def _plan_info(plan: _WavPlan, n_train: int, n_test: int) -> DatasetInfo:
-    return DatasetInfo(
-        "wav-folder", (1, plan.window), len(plan.class_names), plan.class_names, n_train, n_test
-    )
+    return DatasetInfo("wav-folder", (1, plan.window), len(plan.class_names), plan.class_names, n_train, n_test)
 
 
 def _wav_load(root: Path | None, download: bool, seed: int, **params: Any) -> Dataset:

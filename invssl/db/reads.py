@@ -29,8 +29,17 @@ from invssl.db.session import (
 from invssl.errors import InvsslError, UnknownNameError
 from invssl.labels import job_label
 
-_JOB_COLUMNS = (Job.id, Job.key, Job.status, Job.config, Job.result, Job.attempts, Job.epochs_done,
-                Job.error, Job.finished_at)
+_JOB_COLUMNS = (
+    Job.id,
+    Job.key,
+    Job.status,
+    Job.config,
+    Job.result,
+    Job.attempts,
+    Job.epochs_done,
+    Job.error,
+    Job.finished_at,
+)
 # What a status row shows of its job; ``config`` gives way to the job's label.
 _SHOWN = (Job.id, Job.key, Job.topology, Job.dataset, Job.n_labeled, Job.seed, Job.config)
 
@@ -76,17 +85,18 @@ def status_counts(engine: Engine, sweep: Optional[str] = None) -> dict[str, int]
 def ended_jobs(engine: Engine, sweep_id: int) -> list[dict[str, Any]]:
     """Done and failed jobs of a sweep: id, key, status, config, result, error."""
     with read_connection(engine) as conn:
-        query = (select(Job.id, Job.key, Job.status, Job.config, Job.result, Job.error)
-                 .join(SweepJob, SweepJob.job_id == Job.id)
-                 .where(SweepJob.sweep_id == sweep_id, Job.status.in_(("done", "failed")))
-                 .order_by(Job.id))
+        query = (
+            select(Job.id, Job.key, Job.status, Job.config, Job.result, Job.error)
+            .join(SweepJob, SweepJob.job_id == Job.id)
+            .where(SweepJob.sweep_id == sweep_id, Job.status.in_(("done", "failed")))
+            .order_by(Job.id)
+        )
         return [dict(r._mapping) for r in conn.execute(query)]
 
 
 # ---------------------------------------------------------------------------- listings
 @retried
-def job_rows(engine: Engine, sweep: Optional[str] = None, *,
-             status: Optional[str] = None) -> list[dict[str, Any]]:
+def job_rows(engine: Engine, sweep: Optional[str] = None, *, status: Optional[str] = None) -> list[dict[str, Any]]:
     """Jobs (of one sweep, with one status, if given) in id order: id, key, status, config,
     result, attempts, epochs_done, error, finished_at. UnknownNameError for an unknown sweep."""
     with read_connection(engine) as conn:
@@ -109,17 +119,23 @@ def epoch_rows(engine: Engine, job_ids: Iterable[int]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with read_connection(engine) as conn:
         for chunk in sql.chunks(ids):
-            query = (select(Epoch.job_id, Epoch.epoch, Epoch.attempt,
-                            *(getattr(Epoch, m) for m in EPOCH_METRICS), Epoch.extra)
-                     .where(Epoch.job_id.in_(chunk)).order_by(Epoch.job_id, Epoch.epoch))
+            query = (
+                select(
+                    Epoch.job_id, Epoch.epoch, Epoch.attempt, *(getattr(Epoch, m) for m in EPOCH_METRICS), Epoch.extra
+                )
+                .where(Epoch.job_id.in_(chunk))
+                .order_by(Epoch.job_id, Epoch.epoch)
+            )
             rows.extend(dict(r._mapping) for r in conn.execute(query))
     return rows
 
 
 # ------------------------------------------------------------------------------ status
 def _labelled(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    return [{**{k: v for k, v in row._asdict().items() if k != "config"}, "label": job_label(row.config or {})}
-            for row in rows]
+    return [
+        {**{k: v for k, v in row._asdict().items() if k != "config"}, "label": job_label(row.config or {})}
+        for row in rows
+    ]
 
 
 @retried
@@ -127,18 +143,25 @@ def running_jobs(engine: Engine) -> list[dict[str, Any]]:
     """Running jobs with their worker, progress and heartbeat age by the database's clock."""
     with read_connection(engine) as conn:
         clock = conn.scalar(select(sql.now(conn)))
-        rows = conn.execute(select(*_SHOWN, Job.worker, Job.host, Job.pid, Job.attempts,
-                                   Job.epochs_done, Job.started_at, Job.heartbeat_at)
-                            .where(Job.status == "running").order_by(Job.id)).all()
-    return [{**job, "heartbeat_age_s": (clock - job["heartbeat_at"]).total_seconds() if job["heartbeat_at"] else None}
-            for job in _labelled(rows)]
+        rows = conn.execute(
+            select(
+                *_SHOWN, Job.worker, Job.host, Job.pid, Job.attempts, Job.epochs_done, Job.started_at, Job.heartbeat_at
+            )
+            .where(Job.status == "running")
+            .order_by(Job.id)
+        ).all()
+    return [
+        {**job, "heartbeat_age_s": (clock - job["heartbeat_at"]).total_seconds() if job["heartbeat_at"] else None}
+        for job in _labelled(rows)
+    ]
 
 
 @retried
 def failed_jobs(engine: Engine) -> list[dict[str, Any]]:
     with read_connection(engine) as conn:
-        rows = conn.execute(select(*_SHOWN, Job.attempts, Job.error, Job.finished_at)
-                            .where(Job.status == "failed").order_by(Job.id)).all()
+        rows = conn.execute(
+            select(*_SHOWN, Job.attempts, Job.error, Job.finished_at).where(Job.status == "failed").order_by(Job.id)
+        ).all()
     return _labelled(rows)
 
 
@@ -146,8 +169,9 @@ def failed_jobs(engine: Engine) -> list[dict[str, Any]]:
 def collapsed_jobs(engine: Engine) -> list[dict[str, Any]]:
     """Finished jobs whose network had collapsed at its last epoch (``health.py``)."""
     with read_connection(engine) as conn:
-        rows = conn.execute(select(*_SHOWN, Job.epochs_done, Job.result)
-                            .where(Job.status == "done").order_by(Job.id)).all()
+        rows = conn.execute(
+            select(*_SHOWN, Job.epochs_done, Job.result).where(Job.status == "done").order_by(Job.id)
+        ).all()
     return _labelled(row for row in rows if (row.result or {}).get("collapsed"))
 
 
@@ -172,8 +196,14 @@ def get_job(engine: Engine, key_prefix_or_id: Union[str, int]) -> dict[str, Any]
             what = "no job" if not rows else "more than one job"
             raise InvsslError(f"{what} matches {key_prefix_or_id!r}")
         job = rows[0]._asdict()
-        job["sweeps"] = list(conn.scalars(select(Sweep.name).join(SweepJob, SweepJob.sweep_id == Sweep.id)
-                                          .where(SweepJob.job_id == job["id"]).order_by(Sweep.id)))
+        job["sweeps"] = list(
+            conn.scalars(
+                select(Sweep.name)
+                .join(SweepJob, SweepJob.sweep_id == Sweep.id)
+                .where(SweepJob.job_id == job["id"])
+                .order_by(Sweep.id)
+            )
+        )
     return job
 
 
@@ -192,8 +222,11 @@ def done_keys_readonly(url: str, keys: Iterable[str]) -> set[str]:
     with peek(url, Job) as conn:
         if conn is None:
             return set()
-        return {key for chunk in sql.chunks(list(dict.fromkeys(keys))) for key in conn.scalars(
-            select(Job.key).where(Job.status == "done", Job.key.in_(chunk)))}
+        return {
+            key
+            for chunk in sql.chunks(list(dict.fromkeys(keys)))
+            for key in conn.scalars(select(Job.key).where(Job.status == "done", Job.key.in_(chunk)))
+        }
 
 
 def recorded_epochs(url: str, keys: Iterable[str]) -> tuple[dict[str, int], list[tuple[Any, Any, float]]]:
@@ -204,6 +237,9 @@ def recorded_epochs(url: str, keys: Iterable[str]) -> tuple[dict[str, int], list
         if conn is None:
             return {}, []
         done = {key: int(n) for key, n in conn.execute(select(Job.key, Job.epochs_done)) if key in wanted and n}
-        query = (select(Job.config, Job.env, Epoch.wall_s)
-                 .join(Epoch, Epoch.job_id == Job.id).where(Epoch.wall_s.is_not(None)))
+        query = (
+            select(Job.config, Job.env, Epoch.wall_s)
+            .join(Epoch, Epoch.job_id == Job.id)
+            .where(Epoch.wall_s.is_not(None))
+        )
         return done, [(config, env, float(wall_s)) for config, env, wall_s in conn.execute(query)]

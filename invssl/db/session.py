@@ -46,8 +46,7 @@ def resolve_url(url: Optional[str] = None) -> str:
     """
     raw = url or os.environ.get("INVSSL_DB") or DEFAULT_URL
     if "://" not in raw:
-        return URL.create("sqlite", database=str(Path(raw).expanduser())).render_as_string(
-            hide_password=False)
+        return URL.create("sqlite", database=str(Path(raw).expanduser())).render_as_string(hide_password=False)
     parsed = _parse(raw)
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -90,13 +89,13 @@ def make_engine(url: str, *, migrating: bool = False, readonly: bool = False) ->
             if sqlite3.sqlite_version_info < (3, 35):
                 raise DatabaseError(
                     f"SQLite {sqlite3.sqlite_version} is too old (the queue needs RETURNING, "
-                    "SQLite 3.35+): use a newer Python build or PostgreSQL")
+                    "SQLite 3.35+): use a newer Python build or PostgreSQL"
+                )
             sqlitefile.refuse_network_fs(parsed.database)
             if not readonly:
                 sqlitefile.refuse_read_only(parsed.database)
             engine = create_engine(parsed, connect_args={"timeout": sqlitefile.BUSY_TIMEOUT_S}, **pool)
-            sqlitefile.configure(engine, foreign_keys=not migrating, readonly=readonly,
-                                 guard=not migrating)
+            sqlitefile.configure(engine, foreign_keys=not migrating, readonly=readonly, guard=not migrating)
             return engine
         if backend == "postgresql":
             # A worker holds its engine for days; the server may restart in between.
@@ -125,8 +124,11 @@ def read_connection(engine: Engine) -> Connection:
 def _missing_file(url: URL) -> bool:
     """A SQLite URL naming a file that does not exist (yet)."""
     database = url.database
-    return (url.get_backend_name() == "sqlite" and sqlitefile.is_file(database)
-            and not Path(str(database)).expanduser().exists())
+    return (
+        url.get_backend_name() == "sqlite"
+        and sqlitefile.is_file(database)
+        and not Path(str(database)).expanduser().exists()
+    )
 
 
 @contextmanager
@@ -182,15 +184,19 @@ def current_revision(engine: Engine) -> Optional[str]:
 
 
 def _older_schema(url: str, rev: Optional[str]) -> SchemaMismatch:
-    return SchemaMismatch(f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
-                          f"{head_revision()}: upgrade its schema first", where=mask_url(url))
+    return SchemaMismatch(
+        f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
+        f"{head_revision()}: upgrade its schema first",
+        where=mask_url(url),
+    )
 
 
 def _check_known(rev: Optional[str], url: str) -> None:
     if rev is not None and rev not in {s.revision for s in _script().walk_revisions()}:
         raise DatabaseError(
             f"{mask_url(url)} is at schema revision {rev}, unknown to this invssl: it was "
-            "written by a newer version; upgrade invssl to use it")
+            "written by a newer version; upgrade invssl to use it"
+        )
 
 
 @contextmanager
@@ -233,7 +239,8 @@ def _migrate(url: str) -> None:
                 if present:
                     raise DatabaseError(
                         f"{mask_url(url)} has tables {', '.join(sorted(present))} but no "
-                        f"{VERSION_TABLE} table: not an invssl database, or a damaged one")
+                        f"{VERSION_TABLE} table: not an invssl database, or a damaged one"
+                    )
             cfg = _alembic_config()
             cfg.attributes["connection"] = conn
             with _quiet_alembic():
@@ -243,7 +250,8 @@ def _migrate(url: str) -> None:
                 if broken:
                     raise DatabaseError(
                         f"upgrading {mask_url(url)} would break {len(broken)} foreign key(s) "
-                        f"(first in table {broken[0][0]}); the database was left unchanged")
+                        f"(first in table {broken[0][0]}); the database was left unchanged"
+                    )
     finally:
         engine.dispose()
 

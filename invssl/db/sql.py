@@ -33,4 +33,4 @@ def insert(conn: Connection, table: Any) -> Any:
 
 def chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), _CHUNK):
-        yield items[i:i + _CHUNK]
+        yield items[i : i + _CHUNK]
