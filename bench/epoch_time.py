@@ -4,8 +4,8 @@ An epoch is what the trainer calls one: one pass over the unlabeled images (60,0
 images minus the validation split and the labeled ones: 58,900 at N_L = 100), at the batch sizes of
 experiments.yaml (50 labeled + 100 unlabeled per step, 589 steps). Each step is the trainer's
 (``invssl.train``): the whole dataset already on the device, index streams drawn per epoch,
-``ssl_loss``, backward, Adam, LR scheduler, the loss terms stacked for the NaN check. The
-evaluation after the epoch (validation, test, reconstruction error) is timed separately.
+``train.train_step`` (``ssl_loss``, backward, Adam, the loss terms stacked for the NaN check),
+the LR scheduler. The evaluation after the epoch (validation, test, reconstruction error) is timed separately.
 
 Arms: ``ssl`` (alpha = beta = 0.5, N_L = --n-labeled) and ``sup`` (the Sup1000 column: N_L = 1000,
 alpha = 1; the trainer skips the unlabeled batch, so a step carries the labeled batch alone, and
@@ -40,13 +40,7 @@ from _common import add_runtime_options, apply_runtime_options
 from invssl import models
 from invssl.config import JobConfig
 from invssl.devices import device_name, resolve_device, tune_cpu_allocator
-from invssl.inversion import ssl_loss
-from invssl.train import (
-    _index_stream,
-    evaluate,
-    prepare,
-    steps_per_epoch,
-)
+from invssl.train import _index_stream, evaluate, prepare, steps_per_epoch, train_step
 
 MNIST_TOPOLOGIES = [n for n in models.names() if n not in ("Audio1D", "MLP")]
 
@@ -108,22 +102,12 @@ def measure(args: argparse.Namespace, topology: str, arm: str, go: Any = None) -
     def step(s: int) -> torch.Tensor:
         li = lab[s * bl : (s + 1) * bl].to(dev)
         ui = unl[s * bu : (s + 1) * bu].to(dev)
-        with autocast():
-            terms = ssl_loss(
-                model,
-                prep.x_lab[li],
-                prep.y_lab[li],
-                prep.x_unl[ui],
-                alpha=config.alpha,
-                beta=config.beta,
-                weighting=config.weighting,
-                distance=config.distance,
-            )
-        opt.zero_grad(set_to_none=True)
-        terms.total.backward()
-        opt.step()
+        x_l, y_l, x_u = prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui]
+        values = train_step(
+            model, opt, x_l, y_l, x_u, alpha=config.alpha, beta=config.beta, config=config, autocast=autocast
+        )
         sched.step()
-        return torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
+        return values
 
     model.train()
     for s in range(args.warmup):

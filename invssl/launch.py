@@ -107,12 +107,12 @@ def _warn_if_changed(engine: Any, experiment: Experiment, warn: Say) -> None:
 def run_local(
     url: str,
     console: Console,
-    *,
     device: Optional[str],
     data_root: Optional[str],
-    sweep_id: Optional[int],
-    total: int,
     quiet: bool,
+    sweep_id: Optional[int] = None,
+    total: int = 0,
+    *,
     forever: bool = False,
     stale_after: float = STALE_AFTER_S,
     heartbeat: float = HEARTBEAT_S,
@@ -139,11 +139,11 @@ def run_local(
 def worker(
     db: Optional[str],
     console: Console,
-    *,
     device: Optional[str],
     data_root: Optional[str],
     quiet: bool,
     sweep_id: Optional[int] = None,
+    *,
     forever: bool = False,
     stale_after: float = STALE_AFTER_S,
     heartbeat: float = HEARTBEAT_S,
@@ -154,17 +154,9 @@ def worker(
     from invssl.devices import check_devices
 
     check_devices([device])
+    url = resolve_url(db)
     return run_local(
-        resolve_url(db),
-        console,
-        device=device,
-        data_root=data_root,
-        sweep_id=sweep_id,
-        total=0,
-        quiet=quiet,
-        forever=forever,
-        stale_after=stale_after,
-        heartbeat=heartbeat,
+        url, console, device, data_root, quiet, sweep_id, forever=forever, stale_after=stale_after, heartbeat=heartbeat
     )
 
 
@@ -182,17 +174,15 @@ def resume(
     db: Optional[str],
     console: Console,
     say: Say,
-    *,
     device: Optional[str],
     data_root: Optional[str],
-    retry_failed: bool,
-    max_attempts: int,
-    stale_after: float,
     quiet: bool,
+    stale_after: float,
+    retry: Optional[int] = None,
 ) -> tuple[Optional[int], int]:
-    """Dead workers' jobs (and failed ones, with ``retry_failed``) back to the queue, then run
-    every pending job here; returns the signal that stopped the run, if one did, and how many
-    jobs have failed."""
+    """Dead workers' jobs (and, with ``retry``, failed ones tried fewer than ``retry`` times) back
+    to the queue, then run every pending job here; returns the signal that stopped the run, if
+    one did, and how many jobs have failed."""
     from invssl import runner
     from invssl.db import queue, reads
     from invssl.db.session import open_engine, resolve_url
@@ -203,76 +193,62 @@ def resume(
     engine = open_engine(url)
     try:
         reaped = runner.reap(engine, stale_after)
-        retried = queue.retry_failed(engine, max_attempts=max_attempts) if retry_failed else 0
+        retried = queue.retry_failed(engine, max_attempts=retry) if retry is not None else 0
         pending = reads.status_counts(engine).get("pending", 0)
         say(f"resume: {len(reaped)} interrupted, {retried} failed requeued, {pending} pending")
         stopped_by = None
         if pending:
-            stopped_by = run_local(
-                url,
-                console,
-                device=device,
-                data_root=data_root,
-                sweep_id=None,
-                total=pending,
-                quiet=quiet,
-                engine=engine,
-            ).stopped_by
+            stopped_by = run_local(url, console, device, data_root, quiet, total=pending, engine=engine).stopped_by
         return stopped_by, reads.status_counts(engine).get("failed", 0)
     finally:
         engine.dispose()
 
 
-def dry_run(
-    file: Path,
-    db: Optional[str],
-    overrides: Sequence[str],
-    *,
-    device: Optional[str],
-    devices: Optional[str],
-    data_root: Optional[str],
-    calibrate: bool,
-) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class SweepRequest:
+    """What ``invssl sweep`` asks for: the experiment file, its overrides, and where to run it."""
+
+    file: Path
+    overrides: Sequence[str] = ()
+    db: Optional[str] = None  # a URL; None: ``$INVSSL_DB`` or the default
+    device: Optional[str] = None
+    devices: Optional[str] = None  # comma-separated, one worker each (round-robin)
+    workers: int = 0  # 0: one per device
+    data_root: Optional[str] = None  # replaces every job's data root
+    enqueue_only: bool = False
+    quiet: bool = False
+
+    def device_list(self) -> list[str]:
+        return self.devices.split(",") if self.devices else []
+
+
+def dry_run(request: SweepRequest, *, calibrate: bool) -> tuple[Any, Any]:
     """The plan and its time estimate, after the same device and data checks as a real run
     (nothing downloaded); ``calibrate`` times a few steps of configurations never recorded."""
     from invssl import estimate, runner
     from invssl.db.session import resolve_url
     from invssl.devices import check_devices
 
-    url = resolve_url(db)
-    plan = runner.plan(file, url, overrides)
-    check_devices([device, *(devices.split(",") if devices else [])])
+    url, data_root = resolve_url(request.db), request.data_root
+    plan = runner.plan(request.file, url, request.overrides)
+    check_devices([request.device, *request.device_list()])
     check_data(plan.jobs, data_root, fetch=False)
     jobs = [j.model_copy(update={"data_root": data_root}) for j in plan.jobs] if data_root else plan.jobs
-    est = estimate.estimate(jobs, done=plan.done_keys, device=device, db_url=url, calibrate_missing=calibrate)
+    est = estimate.estimate(jobs, done=plan.done_keys, device=request.device, db_url=url, calibrate_missing=calibrate)
     return plan, est
 
 
-def sweep(
-    file: Path,
-    db: Optional[str],
-    overrides: Sequence[str],
-    console: Console,
-    say: Say,
-    warn: Say,
-    *,
-    device: Optional[str],
-    devices: Optional[str],
-    workers: int,
-    data_root: Optional[str],
-    enqueue_only: bool,
-    quiet: bool,
-) -> Optional[Outcome]:
+def sweep(request: SweepRequest, console: Console, say: Say, warn: Say) -> Optional[Outcome]:
     """Check, enqueue and run a sweep; None with ``enqueue_only``."""
     from invssl import runner
     from invssl.db.session import mask_url, open_engine, resolve_url
     from invssl.devices import check_devices, default_devices
 
-    url = resolve_url(db)
-    experiment, jobs = load_experiment(file, overrides)
-    devs = devices.split(",") if devices else ([device] if device else default_devices())
-    check_devices([device, *devs])
-    check_data(jobs, data_root, fetch=True)
+    url = resolve_url(request.db)
+    experiment, jobs = load_experiment(request.file, request.overrides)
+    devs = request.device_list() or ([request.device] if request.device else default_devices())
+    check_devices([request.device, *devs])
+    check_data(jobs, request.data_root, fetch=True)
     engine = open_engine(url)
     try:
         _warn_if_changed(engine, experiment, warn)
@@ -281,24 +257,15 @@ def sweep(
             f"sweep [bold]{enq.name}[/]: {len(enq.keys)} jobs ({enq.new} new, "
             f"{enq.existing} already known) in {mask_url(url)}"
         )
-        if enqueue_only:
+        if request.enqueue_only:
             return None
-        return _run(engine, url, enq, console, say, devs, workers=workers, data_root=data_root, quiet=quiet)
+        return _run(engine, url, enq, console, say, devs, request)
     finally:
         engine.dispose()
 
 
 def _run(
-    engine: Any,
-    url: str,
-    enq: Any,
-    console: Console,
-    say: Say,
-    devs: list[str],
-    *,
-    workers: int,
-    data_root: Optional[str],
-    quiet: bool,
+    engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list[str], request: SweepRequest
 ) -> Outcome:
     from invssl import pool, runner
     from invssl.db import reads
@@ -306,27 +273,20 @@ def _run(
     runner.reap(engine)
     counts = Counter(reads.status_counts(engine, sweep=enq.name))
     todo = counts["pending"] + counts["running"]
-    n = workers or max(1, len(devs))
+    n = request.workers or max(1, len(devs))
     outcome = Outcome(enq.name, counts)
     if todo == 0:
         say("nothing to do: every job of this sweep has finished")
     elif n == 1:
-        outcome.stopped_by = run_local(
-            url,
-            console,
-            device=devs[0] if devs else None,
-            data_root=data_root,
-            sweep_id=enq.sweep_id,
-            total=todo,
-            quiet=quiet,
-            engine=engine,
-        ).stopped_by
+        device = devs[0] if devs else None
+        ran_here = run_local(url, console, device, request.data_root, request.quiet, enq.sweep_id, todo, engine=engine)
+        outcome.stopped_by = ran_here.stopped_by
     else:
         say(f"started {n} workers" + (f" on {', '.join(devs)}" if devs else ""))
-        show = progress.display(todo, console, quiet)
+        show = progress.display(todo, console, request.quiet)
         ended = progress.ChildJobs(lambda: reads.ended_jobs(engine, enq.sweep_id), show)
         with show or nullcontext():
-            ran = pool.run_pool(engine, url, n, devs, sweep_id=enq.sweep_id, data_root=data_root, on_poll=ended)
+            ran = pool.run_pool(engine, url, n, devs, sweep_id=enq.sweep_id, data_root=request.data_root, on_poll=ended)
             ended()
         outcome.stopped_by, outcome.died = ran.stopped_by, ran.died
     outcome.counts = Counter(reads.status_counts(engine, sweep=enq.name))

@@ -42,31 +42,17 @@ def sweep(
     """
     from invssl import launch
 
+    request = launch.SweepRequest(file, overrides or [], db, device, devices, workers, data_root, enqueue_only, quiet)
     if dry_run:
         from invssl import output
 
-        plan, est = launch.dry_run(
-            file, db, overrides or [], device=device, devices=devices, data_root=data_root, calibrate=not no_calibrate
-        )
+        plan, est = launch.dry_run(request, calibrate=not no_calibrate)
         console.print(output.plan_table(plan))
         console.print(output.estimate_table(est))
         for note in est.notes:
             console.print(f"note: {note}", highlight=False)
         return
-    outcome = launch.sweep(
-        file,
-        db,
-        overrides or [],
-        console,
-        say,
-        warn,
-        device=device,
-        devices=devices,
-        workers=workers,
-        data_root=data_root,
-        enqueue_only=enqueue_only,
-        quiet=quiet,
-    )
+    outcome = launch.sweep(request, console, say, warn)
     if outcome is not None:
         _finish(outcome)
 
@@ -120,14 +106,7 @@ def worker(
     from invssl import launch
 
     summary = launch.worker(
-        db,
-        console,
-        device=device,
-        data_root=data_root,
-        quiet=quiet,
-        forever=forever,
-        stale_after=stale_after,
-        heartbeat=heartbeat,
+        db, console, device, data_root, quiet, forever=forever, stale_after=stale_after, heartbeat=heartbeat
     )
     console.print(summary.line(), highlight=False)
     _exit_if_interrupted(summary.stopped_by)
@@ -153,17 +132,8 @@ def resume(
     """Finish what was interrupted: dead workers' jobs go back to work from their last checkpoint."""
     from invssl import launch
 
-    stopped_by, failed = launch.resume(
-        db,
-        console,
-        say,
-        device=device,
-        data_root=data_root,
-        retry_failed=retry_failed,
-        max_attempts=max_attempts,
-        stale_after=stale_after,
-        quiet=quiet,
-    )
+    retry = max_attempts if retry_failed else None
+    stopped_by, failed = launch.resume(db, console, say, device, data_root, quiet, stale_after, retry)
     _exit_if_interrupted(stopped_by)
     if failed and retry_failed:
         raise typer.Exit(1)
