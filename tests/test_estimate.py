@@ -14,17 +14,8 @@ INFO = SimpleNamespace(n_train=1000, n_test=200, input_shape=(1, 28, 28), num_cl
 
 
 def job(**kw):
-    base = dict(
-        topology="SmallCNNmean",
-        dataset="mnist",
-        n_labeled=50,
-        val_size=100,
-        epochs=3,
-        batch_labeled=16,
-        batch_unlabeled=64,
-        alpha=0.5,
-        beta=0.5,
-    )
+    base = dict(topology="SmallCNNmean", dataset="mnist", n_labeled=50, val_size=100, epochs=3,
+                batch_labeled=16, batch_unlabeled=64, alpha=0.5, beta=0.5)  # fmt: skip
     return JobConfig(**{**base, **kw})
 
 

@@ -23,19 +23,8 @@ from invssl.db.session import open_engine
 from invssl.schedules import make_schedule
 from invssl.train import lr_factor, prepare, train
 from tests.test_db import alembic_on
+from tests.test_train import SMALL as BASE
 
-BASE = dict(
-    topology="MLP",
-    dataset="chirps",
-    data_params={"n_train": 300, "n_test": 100, "sample_rate": 2000, "duration_ms": 250},
-    val_size=50,
-    n_labeled=20,
-    epochs=2,
-    batch_labeled=10,
-    batch_unlabeled=40,
-    alpha=0.5,
-    beta=0.5,
-)
 STEP_DECAY = {"kind": "step", "values": [1.0, 0.5, 0.1], "at": [1, 2]}
 
 

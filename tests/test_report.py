@@ -329,20 +329,10 @@ def test_reconstruct_a_really_trained_tiny_job(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'tiny.db'}"
     engine = open_engine(url)
-    cfg = JobConfig(
-        topology="MLP",
-        dataset="chirps",
-        data_params={"n_train": 200, "n_test": 40, "sample_rate": 2000, "duration_ms": 200},
-        val_size=40,
-        n_labeled=20,
-        epochs=1,
-        batch_labeled=10,
-        batch_unlabeled=40,
-        steps_per_epoch=3,
-        lr=0.003,
-        alpha=0.5,
-        beta=0.5,
-    )
+    cfg = JobConfig(topology="MLP", dataset="chirps", data_params={
+        "n_train": 200, "n_test": 40, "sample_rate": 2000, "duration_ms": 200},
+        val_size=40, n_labeled=20, epochs=1, batch_labeled=10, batch_unlabeled=40,
+        steps_per_epoch=3, lr=0.003, alpha=0.5, beta=0.5)  # fmt: skip
     sweep_id = queue.ensure_sweep(engine, "tiny", {"name": "tiny"})
     queue.enqueue(engine, sweep_id, [(cfg.key, cfg.model_dump(mode="json"))])
     summary = Worker(engine=engine, device="cpu").run(sweep_id=sweep_id)

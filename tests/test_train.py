@@ -7,19 +7,9 @@ from invssl.config import JobConfig
 from invssl.errors import JobError
 from invssl.train import load_model, train
 
-SMALL = dict(
-    topology="MLP",
-    dataset="chirps",
-    data_params={"n_train": 300, "n_test": 100, "sample_rate": 2000, "duration_ms": 250},
-    val_size=50,
-    n_labeled=20,
-    epochs=2,
-    batch_labeled=10,
-    batch_unlabeled=40,
-    lr=0.003,
-    alpha=0.5,
-    beta=0.5,
-)
+SMALL = dict(topology="MLP", dataset="chirps", data_params={"n_train": 300, "n_test": 100,
+             "sample_rate": 2000, "duration_ms": 250}, val_size=50, n_labeled=20, epochs=2,
+             batch_labeled=10, batch_unlabeled=40, lr=0.003, alpha=0.5, beta=0.5)  # fmt: skip
 
 
 def test_same_seed_same_result_and_seed_matters():

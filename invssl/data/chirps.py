@@ -103,12 +103,8 @@ def _chirps(y: np.ndarray, rng: np.random.Generator, sample_rate: int, samples: 
     return x
 
 
+_DEFAULTS = {"n_train": 2000, "n_test": 1000, "sample_rate": 16000, "duration_ms": 500}
+
+
 def register() -> None:
-    SOURCES.add(
-        "chirps",
-        Source(
-            params={"n_train": 2000, "n_test": 1000, "sample_rate": 16000, "duration_ms": 500},
-            info=_chirps_info,
-            load=_chirps_load,
-        ),
-    )
+    SOURCES.add("chirps", Source(params=_DEFAULTS, info=_chirps_info, load=_chirps_load))

@@ -152,12 +152,8 @@ def _wav_windows(plan: _WavPlan, rec: _Recording) -> Tensor:
     return torch.from_numpy(mono).unfold(0, plan.window, plan.hop)
 
 
+_DEFAULTS = {"sample_rate": 16000, "window_ms": 500, "overlap": 0.9, "test_fraction": 0.2}
+
+
 def register() -> None:
-    SOURCES.add(
-        "wav-folder",
-        Source(
-            params={"sample_rate": 16000, "window_ms": 500, "overlap": 0.9, "test_fraction": 0.2},
-            info=_wav_info,
-            load=_wav_load,
-        ),
-    )
+    SOURCES.add("wav-folder", Source(params=_DEFAULTS, info=_wav_info, load=_wav_load))
