@@ -4,13 +4,16 @@ import argparse
 
 import torch
 
-from invssl import inversion
+from invssl import fastconv
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fast-conv-devices", default=None,
-                        help="device types on which ssl_loss uses the native conv double backward "
-                             "(inversion.FAST_CONV_DEVICES; default: as shipped), e.g. cpu,cuda")
+    parser.add_argument(
+        "--fast-conv-devices",
+        default=None,
+        help="device types on which ssl_loss uses the native conv double backward "
+        "(fastconv.FAST_CONV_DEVICES; default: as shipped), e.g. cpu,cuda",
+    )
 
 
 def apply_runtime_options(args: argparse.Namespace) -> None:
@@ -18,5 +21,5 @@ def apply_runtime_options(args: argparse.Namespace) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.fast_conv_devices is not None:
-        inversion.FAST_CONV_DEVICES.clear()
-        inversion.FAST_CONV_DEVICES.update(d for d in args.fast_conv_devices.split(",") if d)
+        fastconv.FAST_CONV_DEVICES.clear()
+        fastconv.FAST_CONV_DEVICES.update(d for d in args.fast_conv_devices.split(",") if d)

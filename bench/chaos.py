@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from invssl.db import queue
+from invssl.db import reads
 from invssl.db.session import mask_url, open_engine, resolve_url
 
 GRID = """
@@ -49,10 +49,13 @@ def snapshot(engine, n_jobs: int) -> dict[int, dict]:
     """Per job: status, attempts, result and {epoch: attempt} as the database holds them now."""
     jobs = {}
     for job_id in range(1, n_jobs + 1):
-        info = queue.get_job(engine, str(job_id))
-        jobs[job_id] = {"status": info["status"], "attempts": info["attempts"],
-                        "result": info["result"],
-                        "epochs": {r["epoch"]: r["attempt"] for r in queue.job_epochs(engine, job_id)}}
+        info = reads.get_job(engine, str(job_id))
+        jobs[job_id] = {
+            "status": info["status"],
+            "attempts": info["attempts"],
+            "result": info["result"],
+            "epochs": {r["epoch"]: r["attempt"] for r in reads.job_epochs(engine, job_id)},
+        }
     return jobs
 
 
@@ -73,10 +76,12 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     with tempfile.TemporaryDirectory(prefix="invssl-chaos-") as work:
         grid = Path(work) / "chaos.yaml"
-        grid.write_text(GRID.format(samples=args.num_samples, epochs=args.epochs, steps=args.steps,
-                                    seeds=list(range(args.jobs))))
-        subprocess.run(cli("sweep", str(grid), "--enqueue-only", url=url), env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        grid.write_text(
+            GRID.format(samples=args.num_samples, epochs=args.epochs, steps=args.steps, seeds=list(range(args.jobs)))
+        )
+        subprocess.run(
+            cli("sweep", str(grid), "--enqueue-only", url=url), env=env, check=True, stdout=subprocess.DEVNULL
+        )
     engine = open_engine(url)
     # A short heartbeat and grace: killed workers' jobs are taken over within seconds.
     worker_cmd = cli("worker", "--quiet", "--heartbeat", "0.5", "--stale-after", "5", url=url)
@@ -90,7 +95,7 @@ def main() -> None:
     kills = 0
     while kills < args.kills:
         time.sleep(rng.expovariate(1.0 / args.every))
-        running = {j["pid"] for j in queue.running_jobs(engine)}
+        running = {j["pid"] for j in reads.running_jobs(engine)}
         busy = [w for w in workers if w.poll() is None and w.pid in running]
         if not busy:
             if all(w.poll() is not None for w in workers):
@@ -107,28 +112,46 @@ def main() -> None:
         _, err = w.communicate()
         if w.returncode != 0:
             errors.append(err.strip().splitlines()[-1:] or [f"exit {w.returncode}"])
-    resume = subprocess.run(cli("resume", "--quiet", "--stale-after", "5", url=url), env=env,
-                            capture_output=True, text=True)
+    resume = subprocess.run(
+        cli("resume", "--quiet", "--stale-after", "5", url=url), env=env, capture_output=True, text=True
+    )
     final = snapshot(engine, args.jobs)
     engine.dispose()
 
-    recomputed_epochs = len({(job_id, epoch) for snap in seen for job_id, job in snap.items()
-                             for epoch, attempt in job["epochs"].items()
-                             if final[job_id]["epochs"].get(epoch, attempt) != attempt})
+    recomputed_epochs = len(
+        {
+            (job_id, epoch)
+            for snap in seen
+            for job_id, job in snap.items()
+            for epoch, attempt in job["epochs"].items()
+            if final[job_id]["epochs"].get(epoch, attempt) != attempt
+        }
+    )
     lost = sum(args.epochs - len(job["epochs"]) for job in final.values() if job["status"] == "done")
-    done_twice = len({job_id for snap in seen for job_id, job in snap.items()
-                      if job["status"] == "done" and final[job_id]["attempts"] != job["attempts"]})
+    done_twice = len(
+        {
+            job_id
+            for snap in seen
+            for job_id, job in snap.items()
+            if job["status"] == "done" and final[job_id]["attempts"] != job["attempts"]
+        }
+    )
     counts = {
-        "database": mask_url(url).split(":")[0], "kills": kills, "jobs": args.jobs,
-        "workers": args.workers, "epochs_per_job": args.epochs,
+        "database": mask_url(url).split(":")[0],
+        "kills": kills,
+        "jobs": args.jobs,
+        "workers": args.workers,
+        "epochs_per_job": args.epochs,
         "done": sum(j["status"] == "done" for j in final.values()),
         "failed": sum(j["status"] == "failed" for j in final.values()),
         "left": sum(j["status"] in ("pending", "running") for j in final.values()),
         "resumed_attempts": sum(j["attempts"] - 1 for j in final.values()),
         "recomputed_epochs": recomputed_epochs,
-        "lost_epochs": lost, "jobs_done_twice": done_twice,
+        "lost_epochs": lost,
+        "jobs_done_twice": done_twice,
         "empty_results": sum(j["status"] == "done" and not j["result"] for j in final.values()),
-        "worker_errors": errors, "resume_exit": resume.returncode,
+        "worker_errors": errors,
+        "resume_exit": resume.returncode,
         "seconds": round(time.time() - start, 1),
     }
     print(json.dumps(counts))

@@ -4,8 +4,8 @@ An epoch is what the trainer calls one: one pass over the unlabeled images (60,0
 images minus the validation split and the labeled ones: 58,900 at N_L = 100), at the batch sizes of
 experiments.yaml (50 labeled + 100 unlabeled per step, 589 steps). Each step is the trainer's
 (``invssl.train``): the whole dataset already on the device, index streams drawn per epoch,
-``ssl_loss``, backward, Adam, LR scheduler, the loss terms stacked for the NaN check. The
-evaluation after the epoch (validation, test, reconstruction error) is timed separately.
+``train.train_step`` (``ssl_loss``, backward, Adam, the loss terms stacked for the NaN check),
+the LR scheduler. The evaluation after the epoch (validation, test, reconstruction error) is timed separately.
 
 Arms: ``ssl`` (alpha = beta = 0.5, N_L = --n-labeled) and ``sup`` (the Sup1000 column: N_L = 1000,
 alpha = 1; the trainer skips the unlabeled batch, so a step carries the labeled batch alone, and
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,15 +39,8 @@ from _common import add_runtime_options, apply_runtime_options
 
 from invssl import models
 from invssl.config import JobConfig
-from invssl.inversion import ssl_loss
-from invssl.train import (
-    _index_stream,
-    evaluate,
-    prepare,
-    resolve_device,
-    steps_per_epoch,
-    tune_cpu_allocator,
-)
+from invssl.devices import device_name, resolve_device, tune_cpu_allocator
+from invssl.train import _index_stream, evaluate, prepare, steps_per_epoch, train_step
 
 MNIST_TOPOLOGIES = [n for n in models.names() if n not in ("Audio1D", "MLP")]
 
@@ -57,9 +49,19 @@ def job_config(args: argparse.Namespace, topology: str, arm: str) -> JobConfig:
     b_l, b_u = (int(v) for v in args.batch.split(","))
     alpha, beta = (1.0, 0.0) if arm == "sup" else (0.5, 0.5)
     n_labeled = 1000 if arm == "sup" else args.n_labeled  # sup: the Sup1000 column
-    return JobConfig(topology=topology, dataset="mnist", n_labeled=n_labeled, alpha=alpha, beta=beta,
-                     batch_labeled=b_l, batch_unlabeled=b_u, data_root=args.data_dir, epochs=1,
-                     precision="bf16" if args.bf16 else "fp32", device=args.device)
+    return JobConfig(
+        topology=topology,
+        dataset="mnist",
+        n_labeled=n_labeled,
+        alpha=alpha,
+        beta=beta,
+        batch_labeled=b_l,
+        batch_unlabeled=b_u,
+        data_root=args.data_dir,
+        epochs=1,
+        precision="bf16" if args.bf16 else "fp32",
+        device=args.device,
+    )
 
 
 def measure(args: argparse.Namespace, topology: str, arm: str, go: Any = None) -> dict[str, Any]:
@@ -98,16 +100,14 @@ def measure(args: argparse.Namespace, topology: str, arm: str, go: Any = None) -
             torch.cuda.synchronize(dev)
 
     def step(s: int) -> torch.Tensor:
-        li = lab[s * bl:(s + 1) * bl].to(dev)
-        ui = unl[s * bu:(s + 1) * bu].to(dev)
-        with autocast():
-            terms = ssl_loss(model, prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui], alpha=config.alpha,
-                             beta=config.beta, weighting=config.weighting, distance=config.distance)
-        opt.zero_grad(set_to_none=True)
-        terms.total.backward()
-        opt.step()
+        li = lab[s * bl : (s + 1) * bl].to(dev)
+        ui = unl[s * bu : (s + 1) * bu].to(dev)
+        x_l, y_l, x_u = prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui]
+        values = train_step(
+            model, opt, x_l, y_l, x_u, alpha=config.alpha, beta=config.beta, config=config, autocast=autocast
+        )
         sched.step()
-        return torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
+        return values
 
     model.train()
     for s in range(args.warmup):
@@ -128,18 +128,29 @@ def measure(args: argparse.Namespace, topology: str, arm: str, go: Any = None) -
     evaluate(model, prep, config.distance, autocast)
     sync()
     eval_s = time.perf_counter() - t0
-    return {"topology": config.topology, "arm": arm, "steps": n, "steps_per_epoch": n_full,
-            "seconds": seconds, "s_per_step": seconds / n, "epoch_s": seconds / n * n_full,
-            "eval_s": eval_s, "inputs": n * (bl + (bu if config.alpha < 1 else 0)),
-            "inputs_per_s": n * (bl + (bu if config.alpha < 1 else 0)) / seconds, "extrapolated": n < n_full}
+    return {
+        "topology": config.topology,
+        "arm": arm,
+        "steps": n,
+        "steps_per_epoch": n_full,
+        "seconds": seconds,
+        "s_per_step": seconds / n,
+        "epoch_s": seconds / n * n_full,
+        "eval_s": eval_s,
+        "inputs": n * (bl + (bu if config.alpha < 1 else 0)),
+        "inputs_per_s": n * (bl + (bu if config.alpha < 1 else 0)) / seconds,
+        "extrapolated": n < n_full,
+    }
 
 
 def run_workers(args: argparse.Namespace, topology: str, arm: str) -> dict[str, Any]:
     """K processes on the same device, released together after their warm-up; summed throughput."""
     base = [sys.executable, __file__, "--_worker", json.dumps([topology, arm])]
     passthrough = [a for a in sys.argv[1:] if a != "--_worker"]
-    procs = [subprocess.Popen(base + passthrough, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(args.workers)]
+    procs = [
+        subprocess.Popen(base + passthrough, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(args.workers)
+    ]
     for p in procs:  # wait until each is warm
         assert p.stdout is not None
         line = p.stdout.readline().strip()
@@ -174,8 +185,11 @@ def fmt(seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("INVSSL_DATA", "data"),
-                        help="root holding MNIST/raw/... (torchvision layout)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("INVSSL_DATA", "data"),
+        help="root holding MNIST/raw/... (torchvision layout)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--topologies", default=",".join(MNIST_TOPOLOGIES))
     parser.add_argument("--arms", default="ssl,sup")
@@ -205,26 +219,42 @@ def main() -> None:
         return
 
     dev = resolve_device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
-    print(f"# epoch time: device={dev} ({name}) torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"workers={args.workers} batch={args.batch} N_L={args.n_labeled} bf16={args.bf16} "
-          f"channels_last={args.channels_last} steps={'epoch' if args.steps <= 0 else args.steps} "
-          f"(+{args.warmup} warm-up)")
+    name = device_name(dev)
+    print(
+        f"# epoch time: device={dev} ({name}) torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"workers={args.workers} batch={args.batch} N_L={args.n_labeled} bf16={args.bf16} "
+        f"channels_last={args.channels_last} steps={'epoch' if args.steps <= 0 else args.steps} "
+        f"(+{args.warmup} warm-up)"
+    )
     rows = []
     for topology in args.topologies.split(","):
         for arm in args.arms.split(","):
             r = run_workers(args, topology, arm) if args.workers > 1 else measure(args, topology, arm)
             rows.append(r)
-            print(f"  {r['topology']} {arm}: {r['s_per_step'] * 1e3:.1f} ms/step, epoch {fmt(r['epoch_s'])}"
-                  f"{' (extrapolated)' if r['extrapolated'] else ''}", file=sys.stderr, flush=True)
+            print(
+                f"  {r['topology']} {arm}: {r['s_per_step'] * 1e3:.1f} ms/step, epoch {fmt(r['epoch_s'])}"
+                f"{' (extrapolated)' if r['extrapolated'] else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
     header = ["topology", "arm", "ms/step", "steps/epoch", "epoch", "eval", "inputs/s", "measured"]
     if args.workers > 1:
         header[6] = f"inputs/s ({args.workers} workers)"
     table = []
     for r in rows:
         how = f"{r['steps']} steps, extrapolated" if r["extrapolated"] else "full epoch"
-        table.append([r["topology"], r["arm"], f"{r['s_per_step'] * 1e3:.1f}", str(r["steps_per_epoch"]),
-                      fmt(r["epoch_s"]), fmt(r["eval_s"]), f"{r['inputs_per_s']:.0f}", how])
+        table.append(
+            [
+                r["topology"],
+                r["arm"],
+                f"{r['s_per_step'] * 1e3:.1f}",
+                str(r["steps_per_epoch"]),
+                fmt(r["epoch_s"]),
+                fmt(r["eval_s"]),
+                f"{r['inputs_per_s']:.0f}",
+                how,
+            ]
+        )
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---" if i < 2 or i == 7 else "---:" for i in range(len(header))) + "|")
@@ -236,9 +266,11 @@ def main() -> None:
             print("  ".join(c.ljust(w) if i < 2 or i == 7 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths))))
     total = sum(r["epoch_s"] + r["eval_s"] for r in rows if r["arm"] == "ssl")
     if total:
-        print(f"\none SSL epoch of every topology listed, evaluation included: {fmt(total)} "
-              f"(a full epoch is {rows[0]['steps_per_epoch']} steps"
-              f"{'; figures from ' + str(args.steps) + ' timed steps each, extrapolated' if args.steps > 0 else ''})")
+        print(
+            f"\none SSL epoch of every topology listed, evaluation included: {fmt(total)} "
+            f"(a full epoch is {rows[0]['steps_per_epoch']} steps"
+            f"{'; figures from ' + str(args.steps) + ' timed steps each, extrapolated' if args.steps > 0 else ''})"
+        )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 import epoch_time
+import numpy as np
 import step_cost
+import torch
 from _common import add_runtime_options, apply_runtime_options
+
 from invssl import data as datasets
 from invssl import estimate, inversion
 from invssl.config import JobConfig, load_experiment
@@ -46,17 +46,46 @@ N_LABELED = 100
 WIN = 1.02  # the native path must beat autograd by more than timing noise to be switched on
 GRAD_GAP = 1e-4  # float32 rounding and cuDNN's choice of kernel, not a wrong gradient
 NEAR_BEST = 0.95  # fewer workers within 5% of the best throughput: the same speed for less memory
-FULL = dict(device="cuda", batch="50,100", topologies=",".join(epoch_time.MNIST_TOPOLOGIES), repeats=10,
-            precisions=",".join(MODES), precision_topologies="ConvSmallmax,LargeCNNmax,Resnet3-16max",
-            acc_topology="ConvSmallmax", acc_epochs=4, acc_steps=300, acc_seeds=2, epoch_steps=100,
-            epoch_arms="ssl,sup", warmup=5, jobs_topology="ConvSmallmax", jobs_k="1,2,4,8", jobs_steps=0,
-            synthetic=(60000, 10000))
+FULL = dict(
+    device="cuda",
+    batch="50,100",
+    topologies=",".join(epoch_time.MNIST_TOPOLOGIES),
+    repeats=10,
+    precisions=",".join(MODES),
+    precision_topologies="ConvSmallmax,LargeCNNmax,Resnet3-16max",
+    acc_topology="ConvSmallmax",
+    acc_epochs=4,
+    acc_steps=300,
+    acc_seeds=2,
+    epoch_steps=100,
+    epoch_arms="ssl,sup",
+    warmup=5,
+    jobs_topology="ConvSmallmax",
+    jobs_k="1,2,4,8",
+    jobs_steps=0,
+    synthetic=(60000, 10000),
+)
 # A process pays ~4 s of CPU to import torch and torch._dynamo (Adam's constructor pulls it in), an
 # evaluation forwards 1000 validation inputs: smoke keeps to cheap nets, one epoch arm (sup: 1000 labels).
-SMOKE = dict(device="cpu", batch="4,8", topologies="SmallCNNmean,MLP", repeats=2, precisions=",".join(MODES),
-             precision_topologies="SmallCNNmean", acc_topology="MLP", acc_epochs=1, acc_steps=2, acc_seeds=1,
-             epoch_steps=2, epoch_arms="ssl", warmup=1, jobs_topology="MLP", jobs_k="1,2", jobs_steps=2,
-             synthetic=(1200, 100))
+SMOKE = dict(
+    device="cpu",
+    batch="4,8",
+    topologies="SmallCNNmean,MLP",
+    repeats=2,
+    precisions=",".join(MODES),
+    precision_topologies="SmallCNNmean",
+    acc_topology="MLP",
+    acc_epochs=1,
+    acc_steps=2,
+    acc_seeds=1,
+    epoch_steps=2,
+    epoch_arms="ssl",
+    warmup=1,
+    jobs_topology="MLP",
+    jobs_k="1,2",
+    jobs_steps=2,
+    synthetic=(1200, 100),
+)
 DEFAULT_TF32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
 STARTED = time.monotonic()
 
@@ -105,15 +134,25 @@ def write_mnist_like(root: Path, n_train: int, n_test: int) -> None:
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
-            np.array([0x803, n, 28, 28], ">i4").tobytes() + rng.integers(0, 256, n * 784, np.uint8).tobytes())
+            np.array([0x803, n, 28, 28], ">i4").tobytes() + rng.integers(0, 256, n * 784, np.uint8).tobytes()
+        )
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
-            np.array([0x801, n], ">i4").tobytes() + (np.arange(n) % 10).astype(np.uint8).tobytes())
+            np.array([0x801, n], ">i4").tobytes() + (np.arange(n) % 10).astype(np.uint8).tobytes()
+        )
 
 
 def measure_args(run: argparse.Namespace, steps: int) -> dict[str, Any]:
     return dict(  # what epoch_time.measure reads from its command line
-                batch=run.batch, n_labeled=N_LABELED, data_dir=run.root, device=str(run.dev), bf16=False,
-                no_cudnn_benchmark=False, channels_last=False, steps=steps, warmup=run.warmup)
+        batch=run.batch,
+        n_labeled=N_LABELED,
+        data_dir=run.root,
+        device=str(run.dev),
+        bf16=False,
+        no_cudnn_benchmark=False,
+        channels_last=False,
+        steps=steps,
+        warmup=run.warmup,
+    )
 
 
 def part_step(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
@@ -121,7 +160,8 @@ def part_step(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
     inversion.FAST_CONV_DEVICES.add(run.dev.type)  # arm "ssl": native; "ssl autograd" clears the set
     rows, skipped = {}, []
     for name in within(run.topologies, deadline, skipped):
-        def one() -> dict[str, Any]:
+
+        def one(name: str = name) -> dict[str, Any]:
             bench = step_cost.Bench(name, run.dev, run.b_l, run.b_u)
             t = step_cost.time_arms(bench, STEP_ARMS, run.repeats)
             row: dict[str, Any] = {f"{arm.replace(' ', '_')}_ms": 1e3 * t[arm][0] for arm in STEP_ARMS}
@@ -134,12 +174,22 @@ def part_step(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
                     bench.opt.zero_grad(set_to_none=True)
                     bench.loss(arm).backward()
                     grads.append(torch.cat([p.grad.flatten() for p in bench.model.parameters() if p.grad is not None]))
-            return {**row, "ssl_over_sup": row["ssl_ms"] / row["sup_ms"],
-                    "native_grad_gap": ((grads[0] - grads[1]).norm() / grads[1].norm()).item(),
-                    "native_speedup": row["ssl_autograd_ms"] / row["ssl_ms"]}
+            return {
+                **row,
+                "ssl_over_sup": row["ssl_ms"] / row["sup_ms"],
+                "native_grad_gap": ((grads[0] - grads[1]).norm() / grads[1].norm()).item(),
+                "native_speedup": row["ssl_autograd_ms"] / row["ssl_ms"],
+            }
+
         rows[name] = r = guarded(one)
-        say(f"  {name}: " + (r.get("error") or f"sup {r['sup_ms']:.2f} ms, ssl native {r['ssl_ms']:.2f} ms, "
-                                                f"autograd {r['ssl_autograd_ms']:.2f} ms ({r['native_speedup']:.2f}x)"))
+        say(
+            f"  {name}: "
+            + (
+                r.get("error")
+                or f"sup {r['sup_ms']:.2f} ms, ssl native {r['ssl_ms']:.2f} ms, "
+                f"autograd {r['ssl_autograd_ms']:.2f} ms ({r['native_speedup']:.2f}x)"
+            )
+        )
     speedups = [r["native_speedup"] for r in rows.values() if "native_speedup" in r]
     geo = math.exp(statistics.fmean(math.log(s) for s in speedups)) if speedups else None
     gap = max((r.get("native_grad_gap", math.inf) for r in rows.values()), default=math.inf)  # failed: inf
@@ -148,19 +198,36 @@ def part_step(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
     inversion.FAST_CONV_DEVICES.update(shipped)
     if run.fast_conv_devices is None and geo is not None:  # a --fast-conv-devices choice stands
         (inversion.FAST_CONV_DEVICES.add if wins else inversion.FAST_CONV_DEVICES.discard)(run.dev.type)
-        say(f"native conv double backward on {run.dev.type}: {geo:.2f}x autograd's speed (geometric mean, "
-            f"{min(speedups):.2f}-{max(speedups):.2f}), gradients within {gap:.0e}: {'enable' if wins else 'leave off'}")
-    return {"topologies": rows, "skipped": skipped, "native_speedup_geomean": geo, "native_wins": wins,
-            "native_grad_gap_max": gap if gap < math.inf else None}
+        say(
+            f"native conv double backward on {run.dev.type}: {geo:.2f}x autograd's speed (geometric mean, "
+            f"{min(speedups):.2f}-{max(speedups):.2f}), gradients within {gap:.0e}: {'enable' if wins else 'leave off'}"
+        )
+    return {
+        "topologies": rows,
+        "skipped": skipped,
+        "native_speedup_geomean": geo,
+        "native_wins": wins,
+        "native_grad_gap_max": gap if gap < math.inf else None,
+    }
 
 
 def concurrent(run: argparse.Namespace, k: int, deadline: float) -> dict[str, Any]:
     """K workers released together; throughput over the slowest one's time, as all ran at once."""
     spec = json.dumps({**measure_args(run, run.jobs_steps), "topology": run.jobs_topology})
-    cmd = [sys.executable, __file__, "--_worker", spec, "--threads", str(max(1, (os.cpu_count() or 1) // k)),
-           "--fast-conv-devices", ",".join(inversion.FAST_CONV_DEVICES)]
-    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # stderr: into the log
-             for _ in range(k)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_worker",
+        spec,
+        "--threads",
+        str(max(1, (os.cpu_count() or 1) // k)),
+        "--fast-conv-devices",
+        ",".join(inversion.FAST_CONV_DEVICES),
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # stderr: into the log
+        for _ in range(k)
+    ]
     try:
         for p in procs:
             assert p.stdin is not None and p.stdout is not None
@@ -182,9 +249,13 @@ def concurrent(run: argparse.Namespace, k: int, deadline: float) -> dict[str, An
             p.kill()
             p.wait()
     used = [o["device_used_mb"] for o in outs if o["device_used_mb"] is not None]
-    return {"k": k, "steps_per_s": sum(o["steps"] for o in outs) / max(o["seconds"] for o in outs),
-            "ms_per_step_slowest": 1e3 * max(o["s_per_step"] for o in outs),
-            "peak_mb_per_job": max(o["peak_mb"] for o in outs), "device_used_mb": max(used, default=None)}
+    return {
+        "k": k,
+        "steps_per_s": sum(o["steps"] for o in outs) / max(o["seconds"] for o in outs),
+        "ms_per_step_slowest": 1e3 * max(o["s_per_step"] for o in outs),
+        "peak_mb_per_job": max(o["peak_mb"] for o in outs),
+        "device_used_mb": max(used, default=None),
+    }
 
 
 def worker(spec: dict[str, Any]) -> None:
@@ -199,8 +270,11 @@ def worker(spec: dict[str, Any]) -> None:
             used["mb"] = (total - free) / 2**20
 
     r = epoch_time.measure(argparse.Namespace(**spec), spec["topology"], "ssl", go)
-    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+    peak = (
+        torch.cuda.max_memory_allocated(dev)
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )  # Linux: KiB
     print(json.dumps({**r, "peak_mb": peak / 2**20, "device_used_mb": used.get("mb")}), flush=True)
 
 
@@ -214,10 +288,15 @@ def part_jobs(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
     if ok := [r for r in rows if "error" not in r]:
         best = max(ok, key=lambda r: r["steps_per_s"])
         one = next((r for r in ok if r["k"] == 1), None)
-        out.update(best_k=best["k"], speedup_at_best=best["steps_per_s"] / one["steps_per_s"] if one else None,
-                   recommended_k=min(r["k"] for r in ok if r["steps_per_s"] >= NEAR_BEST * best["steps_per_s"]))
-        say(f"jobs per device: best K={best['k']} ({best['steps_per_s']:.1f} steps/s); "
-            f"fewest within {NEAR_BEST:.0%} of it: K={out['recommended_k']}")
+        out.update(
+            best_k=best["k"],
+            speedup_at_best=best["steps_per_s"] / one["steps_per_s"] if one else None,
+            recommended_k=min(r["k"] for r in ok if r["steps_per_s"] >= NEAR_BEST * best["steps_per_s"]),
+        )
+        say(
+            f"jobs per device: best K={best['k']} ({best['steps_per_s']:.1f} steps/s); "
+            f"fewest within {NEAR_BEST:.0%} of it: K={out['recommended_k']}"
+        )
     return out
 
 
@@ -227,10 +306,15 @@ def part_estimate(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
     if run.smoke:  # the smoke batch keeps the estimate's calibration steps as quick as the rest
         jobs = [j.model_copy(update={"batch_labeled": run.b_l, "batch_unlabeled": run.b_u}) for j in jobs]
     est = estimate.estimate(jobs, device=str(run.dev))
-    out: dict[str, Any] = {"jobs": len(jobs), "jobs_left_out": len(table2) - len(jobs), "notes": est.notes,
-                           "dry_run_hours": est.total_s / 3600, "dry_run_complete": est.complete,
-                           "calibration_s": est.calibration_s, "dry_run_by_topology_hours": {
-                               t: s / 3600 for t, s in est.by_topology().items()}}
+    out: dict[str, Any] = {
+        "jobs": len(jobs),
+        "jobs_left_out": len(table2) - len(jobs),
+        "notes": est.notes,
+        "dry_run_hours": est.total_s / 3600,
+        "dry_run_complete": est.complete,
+        "calibration_s": est.calibration_s,
+        "dry_run_by_topology_hours": {t: s / 3600 for t, s in est.by_topology().items()},
+    }
     steps = run.results.get("step", {})
     seconds, unmeasured = 0.0, set()
     for job, kind in ((j, estimate.loss_kind(j)) for j in jobs):
@@ -243,8 +327,11 @@ def part_estimate(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
     out.update(measured_steps_hours=seconds / 3600, unmeasured_topologies=sorted(unmeasured))
     if speedup := run.results.get("jobs", {}).get("speedup_at_best"):
         out["measured_steps_hours_at_best_k"] = seconds / 3600 / speedup
-    say(f"  {len(jobs)} jobs, one at a time: {est.total_s / 3600:.2f} device-hours by invssl's estimate, "
-        f"{seconds / 3600:.2f} by measured steps" + (f", {seconds / 3600 / speedup:.2f} at the best K" if speedup else ""))
+    say(
+        f"  {len(jobs)} jobs, one at a time: {est.total_s / 3600:.2f} device-hours by invssl's estimate, "
+        f"{seconds / 3600:.2f} by measured steps"
+        + (f", {seconds / 3600 / speedup:.2f} at the best K" if speedup else "")
+    )
     return out
 
 
@@ -269,33 +356,64 @@ def precision_speed(run: argparse.Namespace, name: str) -> dict[str, Any]:
 def part_precision(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
     speed, skipped, accuracy = {}, [], []
     for name in within(run.precision_topologies.split(","), deadline, skipped):
-        speed[name] = r = guarded(lambda: precision_speed(run, name))
+        speed[name] = r = guarded(lambda name=name: precision_speed(run, name))
         say(f"  {name}: " + (r.get("error") or ", ".join(f"{k} {v:.2f}" for k, v in r.items())))
     out: dict[str, Any] = {"speed": speed, "skipped": skipped, "tf32_default": list(DEFAULT_TF32)}
     if not run.real_data:
         return {**out, "accuracy_skipped": "no MNIST files under --data-root"}
     for seed, mode in within([(s, m) for s in range(run.acc_seeds) for m in run.modes], deadline, skipped):
-        config = JobConfig(topology=run.acc_topology, dataset="mnist", n_labeled=N_LABELED, seed=seed,
-                           epochs=run.acc_epochs, steps_per_epoch=run.acc_steps, batch_labeled=run.b_l,
-                           batch_unlabeled=run.b_u, precision="bf16" if mode == "bf16" else "fp32",
-                           data_root=run.root, device=str(run.dev))
+        config = JobConfig(
+            topology=run.acc_topology,
+            dataset="mnist",
+            n_labeled=N_LABELED,
+            seed=seed,
+            epochs=run.acc_epochs,
+            steps_per_epoch=run.acc_steps,
+            batch_labeled=run.b_l,
+            batch_unlabeled=run.b_u,
+            precision="bf16" if mode == "bf16" else "fp32",
+            data_root=run.root,
+            device=str(run.dev),
+        )
         with precision(mode):
             t0 = time.perf_counter()
-            r = guarded(lambda: train(config)[0])
-        accuracy.append({"seed": seed, "mode": mode, "seconds": time.perf_counter() - t0,
-                         **{k: r[k] for k in ("test_acc", "val_acc", "wall_s", "error") if k in r}})
+            r = guarded(lambda config=config: train(config)[0])
+        accuracy.append(
+            {
+                "seed": seed,
+                "mode": mode,
+                "seconds": time.perf_counter() - t0,
+                **{k: r[k] for k in ("test_acc", "val_acc", "wall_s", "error") if k in r},
+            }
+        )
         say(f"  accuracy, seed {seed}, {mode}: " + (r.get("error") or f"test {r['test_acc']:.4f}"))
-    means = {m: statistics.fmean(v) for m in run.modes
-             if (v := [r["test_acc"] for r in accuracy if r["mode"] == m and "test_acc" in r])}
+    means = {
+        m: statistics.fmean(v)
+        for m in run.modes
+        if (v := [r["test_acc"] for r in accuracy if r["mode"] == m and "test_acc" in r])
+    }
     return {**out, "accuracy": accuracy, "mean_test_acc": means}
 
 
 def part_epoch(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
     rows, skipped = [], []
     for name, arm in within([(t, a) for t in run.topologies for a in run.epoch_arms.split(",")], deadline, skipped):
-        r = guarded(lambda: epoch_time.measure(argparse.Namespace(**measure_args(run, run.epoch_steps)), name, arm))
-        rows.append({"topology": name, "arm": arm, **{k: r[k] for k in (
-            "s_per_step", "steps", "steps_per_epoch", "epoch_s", "eval_s", "extrapolated", "error") if k in r}})
+        r = guarded(
+            lambda name=name, arm=arm: epoch_time.measure(
+                argparse.Namespace(**measure_args(run, run.epoch_steps)), name, arm
+            )
+        )
+        rows.append(
+            {
+                "topology": name,
+                "arm": arm,
+                **{
+                    k: r[k]
+                    for k in ("s_per_step", "steps", "steps_per_epoch", "epoch_s", "eval_s", "extrapolated", "error")
+                    if k in r
+                },
+            }
+        )
         say(f"  {name} {arm}: " + (r.get("error") or f"epoch {r['epoch_s']:.1f} s + eval {r['eval_s']:.2f} s"))
     return {"rows": rows, "skipped": skipped}
 
@@ -307,16 +425,22 @@ def markdown(res: dict[str, Any]) -> str:
     """Each part's per-item results as tables, the rest as a list; bench/GPU.md names the fields."""
     meta = res["meta"]
     cell = lambda v: f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)  # noqa: E731
-    md = [f"# GPU benchmark: {meta['device_name']}, torch {meta['torch']}", "",
-          f"`python bench/gpu.py {' '.join(meta['argv'])}`; data: {meta['data']}", ""]
+    md = [
+        f"# GPU benchmark: {meta['device_name']}, torch {meta['torch']}",
+        "",
+        f"`python bench/gpu.py {' '.join(meta['argv'])}`; data: {meta['data']}",
+        "",
+    ]
     for part in (p for p in PARTS if p in res):
         md += [f"## {part}", ""]
         for key, value in res[part].items():
             if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
                 value = [{"name": k, **v} for k, v in value.items()]
             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                cols = sorted(dict.fromkeys(k for r in value for k, v in r.items() if not isinstance(v, (dict, list))),
-                              key=lambda c: c == "error")  # stable: only moves the error column last
+                cols = sorted(
+                    dict.fromkeys(k for r in value for k, v in r.items() if not isinstance(v, (dict, list))),
+                    key=lambda c: c == "error",
+                )  # stable: only moves the error column last
                 table = step_cost.fmt_table(cols, [[cell(r.get(c)) for c in cols] for r in value], True)
                 md += ["", f"{key}:", "", table, ""]
             elif isinstance(value, dict):
@@ -335,10 +459,24 @@ def main() -> int:
     parser.add_argument("--data-root", help="folder holding MNIST/raw/*-ubyte (or *.gz)")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "out-gpu"))
     parser.add_argument("--experiments", default=str(Path(__file__).resolve().parent.parent / "experiments.yaml"))
-    for flag, kind in (("precisions", str), ("device", str), ("batch", str), ("topologies", str), ("repeats", int),
-                       ("precision-topologies", str), ("acc-topology", str), ("acc-epochs", int),
-                       ("acc-steps", int), ("acc-seeds", int), ("epoch-steps", int), ("epoch-arms", str),
-                       ("warmup", int), ("jobs-topology", str), ("jobs-k", str), ("jobs-steps", int)):
+    for flag, kind in (
+        ("precisions", str),
+        ("device", str),
+        ("batch", str),
+        ("topologies", str),
+        ("repeats", int),
+        ("precision-topologies", str),
+        ("acc-topology", str),
+        ("acc-epochs", int),
+        ("acc-steps", int),
+        ("acc-seeds", int),
+        ("epoch-steps", int),
+        ("epoch-arms", str),
+        ("warmup", int),
+        ("jobs-topology", str),
+        ("jobs-k", str),
+        ("jobs-steps", int),
+    ):
         key = flag.replace("-", "_")
         parser.add_argument(f"--{flag}", type=kind, help=f"default {FULL[key]} (--smoke: {SMOKE[key]})")
     parser.add_argument("--threads", type=int, default=None)
@@ -371,11 +509,21 @@ def main() -> int:
         run.tmp = tempfile.TemporaryDirectory(prefix="gpu-bench-")  # removed as the process exits
         write_mnist_like(Path(run.tmp.name), *run.synthetic)
         run.real_data, run.root = False, run.tmp.name
-    run.results = {"meta": {
-        "device": str(run.dev), "device_name": estimate.device_name(run.dev), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "cpus": os.cpu_count(), "argv": sys.argv[1:], "batch": run.batch,
-        "data": "MNIST files" if run.real_data else "synthetic (MNIST shapes, random pixels)", "budgets_s": budgets,
-        "fast_conv_devices_at_start": sorted(inversion.FAST_CONV_DEVICES), "started": time.strftime("%F %T")}}
+    run.results = {
+        "meta": {
+            "device": str(run.dev),
+            "device_name": estimate.device_name(run.dev),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cpus": os.cpu_count(),
+            "argv": sys.argv[1:],
+            "batch": run.batch,
+            "data": "MNIST files" if run.real_data else "synthetic (MNIST shapes, random pixels)",
+            "budgets_s": budgets,
+            "fast_conv_devices_at_start": sorted(inversion.FAST_CONV_DEVICES),
+            "started": time.strftime("%F %T"),
+        }
+    }
     say(f"{run.results['meta']['device_name']}, torch {torch.__version__}; parts {','.join(parts)} -> {out}")
     failed = False
     for part in (p for p in PARTS if p in parts):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from invssl import models
 from invssl.inversion import reconstruct
@@ -58,11 +59,12 @@ def main() -> None:
         x = torch.randn(args.batch, *shape, device=device)
         y = torch.randint(NUM_CLASSES, (args.batch,), device=device)
 
-        def supervised() -> None:
+        # Bound as defaults: each step times this iteration's network and batch.
+        def supervised(model: nn.Module = model, x: torch.Tensor = x, y: torch.Tensor = y) -> None:
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
 
-        def ssl() -> None:
+        def ssl(model: nn.Module = model, x: torch.Tensor = x, y: torch.Tensor = y) -> None:
             model.zero_grad(set_to_none=True)
             logits, x_hat = reconstruct(model, x)
             (F.cross_entropy(logits, y) + (x - x_hat).pow(2).mean()).backward()

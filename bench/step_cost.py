@@ -10,7 +10,7 @@ For every zoo topology on the MNIST shape (1, 28, 28), and Audio1D on a 1 s, 16 
                 unlabeled batch altogether; that one is the column "sup L".)
   ssl           alpha = beta = 0.5, weighting "logits": the default SSL step, as the trainer runs it
   ssl autograd  the same loss through plain autograd's double backward (the code before issue 7;
-                see ``inversion.FAST_CONV_DEVICES``): the "before" of the ratio, measured in the
+                see ``fastconv.FAST_CONV_DEVICES``): the "before" of the ratio, measured in the
                 same run, interleaved with the others
   softmax       ssl with weighting "softmax"
   bias_free     ssl with weighting "bias_free" (a forward-mode JVP, then the backward to the input)
@@ -53,13 +53,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from _common import add_runtime_options, apply_runtime_options
 from torch import nn
 
-from invssl import inversion, models
+from invssl import fastconv, inversion, models
+from invssl.devices import tune_cpu_allocator
 from invssl.inversion import ssl_loss
 from invssl.lookahead import Weights, learned_step
-from invssl.train import tune_cpu_allocator
-from _common import add_runtime_options, apply_runtime_options
 
 IMAGE_SHAPE = (1, 28, 28)
 SIGNAL_SHAPES = {"Audio1D": (1, 16000)}
@@ -84,12 +84,12 @@ def layer_weights(model: nn.Module) -> dict[str, float]:
 @contextmanager
 def autograd_double_backward() -> Iterator[None]:
     """The plain-autograd path of ``ssl_loss``: the baseline of issue 7."""
-    saved = set(inversion.FAST_CONV_DEVICES)
-    inversion.FAST_CONV_DEVICES.clear()
+    saved = set(fastconv.FAST_CONV_DEVICES)
+    fastconv.FAST_CONV_DEVICES.clear()
     try:
         yield
     finally:
-        inversion.FAST_CONV_DEVICES.update(saved)
+        fastconv.FAST_CONV_DEVICES.update(saved)
 
 
 class Bench:
@@ -153,9 +153,11 @@ class Bench:
 
 def make_clock(device: torch.device) -> Callable[[], float]:
     if device.type == "cuda":
+
         def clock() -> float:
             torch.cuda.synchronize(device)
             return time.perf_counter()
+
         return clock
     return time.perf_counter
 
@@ -232,9 +234,18 @@ def cpu_probe(name: str, arm: str, b_l: int, b_u: int) -> float:
 
 
 def cpu_peak_mb(name: str, arm: str, b_l: int, b_u: int, threads: int, malloc: str) -> float:
-    cmd = [sys.executable, __file__, "--_probe", json.dumps([name, arm, b_l, b_u]),
-           "--threads", str(threads), "--malloc", malloc,
-           "--fast-conv-devices", ",".join(sorted(inversion.FAST_CONV_DEVICES))]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_probe",
+        json.dumps([name, arm, b_l, b_u]),
+        "--threads",
+        str(threads),
+        "--malloc",
+        malloc,
+        "--fast-conv-devices",
+        ",".join(sorted(fastconv.FAST_CONV_DEVICES)),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -242,7 +253,10 @@ def cpu_peak_mb(name: str, arm: str, b_l: int, b_u: int, threads: int, malloc: s
 # --------------------------------------------------------------------------- output
 def fmt_table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|",
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
@@ -253,14 +267,20 @@ def fmt_table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", default="32,128", help="labeled,unlabeled inputs per step (trainer defaults: 32,128)")
+    parser.add_argument(
+        "--batch", default="32,128", help="labeled,unlabeled inputs per step (trainer defaults: 32,128)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--topologies", default=None, help="comma-separated (default: every zoo name)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
     parser.add_argument("--memory", choices=("auto", "off"), default="auto")
-    parser.add_argument("--malloc", choices=("trainer", "default"), default="trainer",
-                        help="CPU: glibc malloc as the trainer sets it (keep freed memory), or untouched")
+    parser.add_argument(
+        "--malloc",
+        choices=("trainer", "default"),
+        default="trainer",
+        help="CPU: glibc malloc as the trainer sets it (keep freed memory), or untouched",
+    )
     add_runtime_options(parser)
     parser.add_argument("--markdown", action="store_true", help="print tables in Markdown")
     parser.add_argument("--_probe", default=None, help=argparse.SUPPRESS)
@@ -287,9 +307,11 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     if device.type == "cuda":
         cpu = torch.cuda.get_device_name(device)
-    print(f"# step cost: device={device} ({cpu}) torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"batch={b_l}+{b_u} repeats={args.repeats} (medians, arms interleaved) malloc={args.malloc} "
-          f"fast-conv devices={sorted(inversion.FAST_CONV_DEVICES)}")
+    print(
+        f"# step cost: device={device} ({cpu}) torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"batch={b_l}+{b_u} repeats={args.repeats} (medians, arms interleaved) malloc={args.malloc} "
+        f"fast-conv devices={sorted(fastconv.FAST_CONV_DEVICES)}"
+    )
     results: dict[str, dict[str, list[float]]] = {}
     memory: dict[str, dict[str, float]] = {}
     for name in names:
@@ -337,13 +359,31 @@ def main() -> None:
     print("\n## step time (ms, median) and SSL/supervised ratio\n")
     print(fmt_table(header, rows, args.markdown))
 
-    header = ["topology", "sup loss", "sup bwd", "ssl loss", "ssl bwd", "adam",
-              "inversion (ssl loss - sup loss)", "ssl bwd / sup bwd"]
+    header = [
+        "topology",
+        "sup loss",
+        "sup bwd",
+        "ssl loss",
+        "ssl bwd",
+        "adam",
+        "inversion (ssl loss - sup loss)",
+        "ssl bwd / sup bwd",
+    ]
     rows = []
     for name, r in results.items():
         s, q = r["sup"], r["ssl"]
-        rows.append([name, ms(s[1]), ms(s[2]), ms(q[1]), ms(q[2]), ms(s[3]),
-                     f"{ms(q[1] - s[1])} ({(q[1] - s[1]) / s[2]:.2f} sup bwd)", f"{q[2] / s[2]:.2f}"])
+        rows.append(
+            [
+                name,
+                ms(s[1]),
+                ms(s[2]),
+                ms(q[1]),
+                ms(q[2]),
+                ms(s[3]),
+                f"{ms(q[1] - s[1])} ({(q[1] - s[1]) / s[2]:.2f} sup bwd)",
+                f"{q[2] / s[2]:.2f}",
+            ]
+        )
     print("\n## phases (ms, median): where the SSL step's extra time goes\n")
     print(fmt_table(header, rows, args.markdown))
     if "sup L" in arms:

@@ -3,13 +3,31 @@
 A cluster has no class name, so accuracy is taken under the best one-to-one matching of
 clusters to classes (Hungarian algorithm on the contingency table), and normalised mutual
 information (arithmetic-mean normalisation) scores the partition itself, matching-free.
+
+Training without labels also needs an entropy term that a single cluster does not minimise:
+``balanced`` subtracts the entropy of the batch's mean prediction (docs/method.md, section 7).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
+EntropyForm = Literal["per_input", "balanced"]
+
+
+def marginal_entropy(logits: Tensor) -> Tensor:
+    """() entropy of the batch's mean prediction: high when the rows spread over the classes."""
+    p = logits.softmax(dim=-1).mean(dim=0)  # (K,)
+    return -(p * p.clamp_min(1e-12).log()).sum()
+
+
+def balance(logits: Tensor, form: EntropyForm) -> Tensor | float:
+    """What ``form`` subtracts from the mean per-input entropy of ``logits`` (B, K)."""
+    return marginal_entropy(logits) if form == "balanced" else 0.0
 
 
 def contingency(pred: Tensor, y: Tensor, num_classes: int) -> np.ndarray:

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from invssl.errors import ConfigError, InvsslError
+from invssl.labels import job_label, short
 from invssl.schedules import Schedule, Step, make_schedule
 
 InputScaling = Literal["unit", "standardize", "per_input"]
@@ -77,8 +78,7 @@ class JobConfig(BaseModel):
     @model_validator(mode="after")
     def _no_labels_no_cross_entropy(self) -> JobConfig:
         if self.n_labeled == 0 and self.alpha != 0:
-            raise ValueError("n_labeled: 0 trains without labels, so alpha must be 0 (got "
-                             f"{_short(self.alpha)})")
+            raise ValueError(f"n_labeled: 0 trains without labels, so alpha must be 0 (got {_short(self.alpha)})")
         return self
 
     @field_validator("alpha", "beta", mode="before")
@@ -117,23 +117,24 @@ class JobConfig(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def label(self) -> str:
-        return f"{self.topology} {self.dataset} N_L={self.n_labeled} a={_short(self.alpha)} b={_short(self.beta)} seed={self.seed}"
+        return job_label(self.model_dump(mode="json"))
 
 
 JOB_FIELDS: tuple[str, ...] = tuple(JobConfig.model_fields)
 # Keys of the file's ``data`` section and the job fields they fill.
-_DATA_KEYS = {"dataset": "dataset", "root": "data_root", "download": "download",
-              "val_size": "val_size", "params": "data_params"}
+_DATA_KEYS = {
+    "dataset": "dataset",
+    "root": "data_root",
+    "download": "download",
+    "val_size": "val_size",
+    "params": "data_params",
+}
 # The ``train`` section holds defaults for everything but the data fields.
 TRAIN_FIELDS: tuple[str, ...] = tuple(f for f in JOB_FIELDS if f not in _DATA_KEYS.values())
 
 
 def _short(value: Any) -> str:
-    if isinstance(value, BaseModel):  # a schedule: the short form reports use
-        from invssl.frames import weight_label
-
-        return str(weight_label(value.model_dump(mode="json")))
-    return json.dumps(value) if isinstance(value, dict) else str(value)
+    return short(value.model_dump(mode="json") if isinstance(value, BaseModel) else value)
 
 
 class _Strict(BaseModel):
@@ -324,8 +325,9 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Ex
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
-                          f"{exc.start}); save it as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
     experiment = parse_experiment(text, str(path), overrides)
     try:
         return experiment, expand(experiment, path.parent.absolute())

@@ -9,10 +9,10 @@ would otherwise write the same files at once.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +82,9 @@ def download_lock(folder: Path) -> Iterator[None]:
         handle.close()
 
 
-def fetch(title: str, root: Path, folder: Path, names: Sequence[str], gz_too: bool,
-          download: Callable[[], None]) -> None:
+def fetch(
+    title: str, root: Path, folder: Path, names: Sequence[str], gz_too: bool, download: Callable[[], None]
+) -> None:
     """Make ``names`` present in ``folder``, calling ``download`` under the lock if some are
     missing; a failed download is one DataError that says how to go on without a network."""
     if not missing(folder, names, gz_too):
@@ -99,7 +100,8 @@ def fetch(title: str, root: Path, folder: Path, names: Sequence[str], gz_too: bo
             raise DataError(
                 f"cannot download {title} into {folder}: {reason}. Without a network, copy "
                 f"{', '.join(names)} there (gzip is fine for MNIST-style sets) and set "
-                "download: false") from None
+                "download: false"
+            ) from None
     still = missing(folder, names, gz_too)
     if still:
         raise DataError(f"{title}: download finished but {', '.join(still)} is missing in {folder}")

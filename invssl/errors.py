@@ -1,12 +1,26 @@
 """The library's own exceptions.
 
 Every error a user can cause by bad input or a broken environment is an ``InvsslError``; its
-message is one line meant for a person. Only ``cli.py`` turns these into exit codes.
+message is one line meant for a person, in the library's terms: it names no command-line
+option. Only ``cli.py`` turns these into exit codes, and into pointers to its own options.
 """
+
+from __future__ import annotations
+
+from typing import Optional
 
 
 class InvsslError(Exception):
-    """Base class: a failure the user can act on, described in one line."""
+    """Base class: a failure the user can act on, described in one line.
+
+    ``option`` names the part of the request whose change fixes it ("dataset": the dataset
+    asked for; "fields": the fields that split or filter the jobs), for a front end to point
+    to its own way of setting it.
+    """
+
+    def __init__(self, *args: object, option: Optional[str] = None) -> None:
+        super().__init__(*args)
+        self.option = option
 
 
 class UnknownNameError(InvsslError, ValueError):
@@ -23,6 +37,14 @@ class DataError(InvsslError):
 
 class DatabaseError(InvsslError):
     """A results database that cannot be opened or is at another schema revision."""
+
+
+class SchemaMismatch(DatabaseError):
+    """A database whose schema revision this invssl does not use; ``where`` is its masked URL."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class DatabaseLost(DatabaseError):

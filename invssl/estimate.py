@@ -23,7 +23,6 @@ under a forked RNG.
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -68,10 +67,15 @@ def cost_key(job: JobConfig) -> CostKey:
     kind = loss_kind(job)
     inverts = kind == "ssl"
     return CostKey(
-        job.topology, job.dataset, json.dumps(job.data_params, sort_keys=True), kind, job.batch_labeled,
+        job.topology,
+        job.dataset,
+        json.dumps(job.data_params, sort_keys=True),
+        kind,
+        job.batch_labeled,
         0 if kind == "sup" else job.batch_unlabeled,  # the alpha = 1 step skips the unlabeled batch
         job.weighting if inverts else "logits",
-        json.dumps(job.layer_weights, sort_keys=True) if inverts else "null", job.precision,
+        json.dumps(job.layer_weights, sort_keys=True) if inverts else "null",
+        job.precision,
     )
 
 
@@ -134,51 +138,38 @@ class _Recorded:
     step_s: dict[CostKey, float] = field(default_factory=dict)
 
 
-def read_database(url: str, keys: Iterable[str], device_kind: str, device_name: str,
-                  n_train: Callable[[JobConfig], Optional[int]]) -> _Recorded:
+def read_database(
+    url: str, keys: Iterable[str], device_kind: str, device_name: str, n_train: Callable[[JobConfig], Optional[int]]
+) -> _Recorded:
     """Epochs already finished per job, and recorded seconds per step per cost class on a device
     like this one. Creates nothing: a missing SQLite file or schema reads as empty."""
-    from sqlalchemy import inspect, select
+    from invssl.db.reads import recorded_epochs
 
-    from invssl.db.models import Epoch, Job
-    from invssl.db.session import peek
-
-    out = _Recorded()
-    wanted = set(keys)
+    epochs_done, rows = recorded_epochs(url, keys)
     per_key: dict[CostKey, list[float]] = defaultdict(list)
-    with peek(url) as conn:
-        if conn is not None:
-            tables = inspect(conn)
-            if not (tables.has_table(Job.__tablename__) and tables.has_table(Epoch.__tablename__)):
-                return out
-            for key, done in conn.execute(select(Job.key, Job.epochs_done)):
-                if key in wanted and done:
-                    out.epochs_done[key] = int(done)
-            query = (select(Job.config, Job.env, Epoch.wall_s)
-                     .join(Epoch, Epoch.job_id == Job.id).where(Epoch.wall_s.is_not(None)))
-            for config, env, wall_s in conn.execute(query):
-                env = env or {}
-                if str(env.get("device", "")).split(":")[0] != device_kind or env.get("device_name") != device_name:
-                    continue
-                try:
-                    job = JobConfig(**config)
-                except Exception:  # a config this version no longer accepts
-                    continue
-                size = n_train(job)
-                if size is None or not wall_s or wall_s <= 0:
-                    continue
-                per_key[cost_key(job)].append(float(wall_s) / job_steps(job, size))
-    out.step_s = {k: statistics.median(v) for k, v in per_key.items()}
-    return out
+    for config, env, wall_s in rows:
+        env = env or {}
+        if str(env.get("device", "")).split(":")[0] != device_kind or env.get("device_name") != device_name:
+            continue
+        try:
+            job = JobConfig(**config)
+        except Exception:  # a config this version no longer accepts
+            continue
+        size = n_train(job)
+        if size is None or wall_s <= 0:
+            continue
+        per_key[cost_key(job)].append(wall_s / job_steps(job, size))
+    return _Recorded(epochs_done, {k: statistics.median(v) for k, v in per_key.items()})
 
 
 # ------------------------------------------------------------------------------------ calibration
-def calibrate(key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_classes: int,
-              device: torch.device) -> tuple[float, float]:
+def calibrate(
+    key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_classes: int, device: torch.device
+) -> tuple[float, float]:
     """``(seconds per training step, seconds per forward input)`` of ``key`` on ``device``."""
     from invssl import models
-    from invssl.inversion import ssl_loss
-    from invssl.train import tune_cpu_allocator
+    from invssl.devices import tune_cpu_allocator
+    from invssl.train import train_step
 
     if device.type == "cpu":
         tune_cpu_allocator()  # as the trainer does
@@ -197,24 +188,18 @@ def calibrate(key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_cl
         alpha, beta = {"sup": (1.0, 0.0), "ent": (0.5, 0.0), "ssl": (0.5, 0.5)}[key.kind]
         bf16 = key.precision == "bf16" and device.type == "cuda"
 
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                terms = ssl_loss(model, x_l, y_l, x_u, alpha=alpha, beta=beta, weighting=job.weighting,  # type: ignore[arg-type]
-                                 distance=job.distance, layer_weights=job.layer_weights)
-            opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-            opt.step()
-            torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
+        def autocast() -> Any:
+            return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
-        full = (x_l, y_l, x_u)
-        x_l, y_l, x_u = (t[:2] for t in full)
-        step()  # warm-up on 2 + 2 inputs: Adam state, lazy initialisation
-        x_l, y_l, x_u = full
+        def step(x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor) -> None:
+            train_step(model, opt, x_l, y_l, x_u, alpha=alpha, beta=beta, config=job, autocast=autocast)
+
+        step(x_l[:2], y_l[:2], x_u[:2])  # warm-up on 2 + 2 inputs: Adam state, lazy initialisation
         sync()
         times: list[float] = []
         while len(times) < MIN_STEPS or (len(times) < CALIBRATE_STEPS and sum(times) < CALIBRATE_S):
             t0 = time.perf_counter()
-            step()
+            step(x_l, y_l, x_u)
             sync()
             times.append(time.perf_counter() - t0)
         model.eval()
@@ -229,13 +214,6 @@ def calibrate(key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_cl
     # The fastest step: the first full-size one also pays for fresh memory, and on a shared
     # machine a slow outlier is someone else's load, not the step's cost.
     return min(times), min(probes)
-
-
-def device_name(device: torch.device) -> str:
-    """As ``runner.environment`` records it in each job's ``env``."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 # -------------------------------------------------------------------------------------- estimate
@@ -258,8 +236,8 @@ def estimate(
     ``data.info`` (tests).
     """
     from invssl import data as datasets
+    from invssl.devices import device_name, resolve_device
     from invssl.evaluation import RECON_EVAL
-    from invssl.train import resolve_device
 
     dev = resolve_device(device or "auto")
     done = set(done)
@@ -272,8 +250,9 @@ def estimate(
         k = (job.dataset, json.dumps(job.data_params, sort_keys=True), job.data_root)
         if k not in info_cache:
             try:
-                info_cache[k] = (dataset_info or (lambda j: datasets.info(
-                    j.dataset, root=j.data_root, seed=j.seed, **j.data_params)))(job)
+                info_cache[k] = (
+                    dataset_info or (lambda j: datasets.info(j.dataset, root=j.data_root, seed=j.seed, **j.data_params))
+                )(job)
             except Exception as exc:  # e.g. a wav folder that is not on this machine
                 notes.append(f"{job.dataset}: sizes unknown ({exc}); its jobs are left out")
                 info_cache[k] = None
@@ -281,8 +260,13 @@ def estimate(
 
     recorded = _Recorded()
     if db_url is not None:
-        recorded = read_database(db_url, [j.key for j in todo], dev.type, device_name(dev),
-                                 lambda j: (info(j).n_train if info(j) is not None else None))
+        recorded = read_database(
+            db_url,
+            [j.key for j in todo],
+            dev.type,
+            device_name(dev),
+            lambda j: info(j).n_train if info(j) is not None else None,
+        )
     left = dict(recorded.epochs_done)
     left.update(epochs_done or {})
 
@@ -318,65 +302,26 @@ def estimate(
         step_s, eval_s, source = measured[key]
         epochs = [max(0, j.epochs - left.get(j.key, 0)) for j, _ in members]
         steps = [n for _, n in members]
-        rows.append(Row(key.topology, key.dataset, key.kind, len(members), sum(epochs),
-                        sum(e * n for e, n in zip(epochs, steps)), (min(steps), max(steps)),
-                        step_s, eval_s, source))
+        rows.append(
+            Row(
+                key.topology,
+                key.dataset,
+                key.kind,
+                len(members),
+                sum(epochs),
+                sum(e * n for e, n in zip(epochs, steps)),
+                (min(steps), max(steps)),
+                step_s,
+                eval_s,
+                source,
+            )
+        )
     rows.sort(key=lambda r: (r.topology, r.kind))
     if any(r.source == "unknown" for r in rows):
-        notes.append("classes marked unknown have no recorded epochs on this device and were not "
-                     "calibrated (--no-calibrate); the total leaves them out")
+        notes.append(
+            "classes marked unknown have no recorded epochs on this device and were not "
+            "calibrated (calibration was turned off); the total leaves them out"
+        )
     if any(r.source == "database" and r.eval_s is None for r in rows):
         notes.append("database figures cover training steps only (epochs.wall_s); evaluation not included")
     return Estimate(f"{dev} ({device_name(dev)})", rows, calibration_s, notes)
-
-
-def fmt_duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    if seconds >= 86400:
-        return f"{seconds / 86400:.1f} d"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.1f} s"
-
-
-def render(est: Estimate) -> Any:
-    """A rich Table: one row per cost class, a subtotal per topology, and the total."""
-    from rich.table import Table
-
-    title = f"estimated time on {est.device}, jobs run one after another"
-    if est.calibration_s:
-        title += f" (calibrated in {est.calibration_s:.1f} s)"
-    table = Table(title=title)
-    for name, justify in (("topology", "left"), ("loss", "left"), ("jobs", "right"), ("epochs", "right"),
-                          ("steps/epoch", "right"), ("s/step", "right"), ("eval s/epoch", "right"),
-                          ("time", "right"), ("from", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    per_topology = est.by_topology()
-
-    def subtotal(rows: list[Row], seconds: float) -> str:
-        known = [r for r in rows if r.seconds is not None]
-        if not known:
-            return "?"
-        return fmt_duration(seconds) + ("" if len(known) == len(rows) else " + ?")
-
-    def of(topology: str) -> str:
-        return subtotal([r for r in est.rows if r.topology == topology], per_topology[topology])
-
-    last = None
-    for r in est.rows:
-        if last is not None and r.topology != last:
-            table.add_row(f"  {last} total", "", "", "", "", "", "", of(last), "", style="dim")
-        last = r.topology
-        lo, hi = r.steps_per_epoch
-        table.add_row(r.topology, r.kind, str(r.jobs), str(r.epochs), str(lo) if lo == hi else f"{lo}-{hi}",
-                      "?" if r.step_s is None else f"{r.step_s:.4f}",
-                      "" if r.eval_s is None else f"{r.eval_s:.1f}", fmt_duration(r.seconds), r.source)
-    if last is not None:
-        table.add_row(f"  {last} total", "", "", "", "", "", "", of(last), "", style="dim")
-    total = subtotal(est.rows, est.total_s)
-    table.add_row("total", "", str(sum(r.jobs for r in est.rows)), str(sum(r.epochs for r in est.rows)),
-                  "", "", "", total, "", style="bold")
-    return table

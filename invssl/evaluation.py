@@ -30,7 +30,7 @@ RECON_EVAL = 1000
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: Tensor) -> Tensor:
-    return torch.cat([model(x[i:i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
+    return torch.cat([model(x[i : i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
 
 
 def evaluate(model: nn.Module, prep: Prepared, distance: str, autocast: Any) -> dict[str, float]:
@@ -62,12 +62,11 @@ def evaluate(model: nn.Module, prep: Prepared, distance: str, autocast: Any) -> 
                 else:
                     out[name] = (pred == y).float().mean().item()
                 if name == "test_acc" and prep.groups_test is not None and not unsupervised:
-                    out["test_acc_recording"] = datasets.per_group_accuracy(
-                        logits.cpu(), y.cpu(), prep.groups_test)
+                    out["test_acc_recording"] = datasets.per_group_accuracy(logits.cpu(), y.cpu(), prep.groups_test)
         errs = []
         x = prep.x_test[:RECON_EVAL]
         for i in range(0, len(x), EVAL_BATCH // 4):
-            chunk = x[i:i + EVAL_BATCH // 4]
+            chunk = x[i : i + EVAL_BATCH // 4]
             with torch.no_grad():
                 _, x_hat = reconstruct(model, chunk)
             errs.append(distance_per_input(chunk.float(), x_hat.float(), distance))  # type: ignore[arg-type]

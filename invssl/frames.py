@@ -14,6 +14,7 @@ import pandas as pd
 
 from invssl.config import RUNTIME_FIELDS
 from invssl.errors import ConfigError, InvsslError
+from invssl.labels import number_text, weight_label
 
 CONFIG_FIRST = ("topology", "dataset", "n_labeled", "alpha", "beta", "seed")
 SCHEDULE_FIELDS = ("alpha", "beta")
@@ -24,46 +25,8 @@ class NoResultsError(InvsslError, LookupError):
 
 
 # ------------------------------------------------------------------------ schedule labels
-def _num(value: float) -> str:
-    return f"{float(value):g}"
-
-
-def weight_label(spec: Any) -> Any:
-    """A loss weight for display and grouping: constants as floats, schedules as short text.
-
-    ``{"kind": "ramp", "start": 0, "end": 0.5, "until": 10}`` -> ``"ramp(0>0.5@10)"``;
-    ``since`` shows as ``@2-10``; a step schedule as ``"step(0.1>0.5>1@5,10)"``; a learned weight
-    as ``"learned(0.5,lr=0.01)"``.
-    """
-    if spec is None:
-        return None
-    if isinstance(spec, bool):
-        return float(spec)
-    if isinstance(spec, (int, float)):
-        return float(spec)
-    if isinstance(spec, str):
-        return spec
-    if isinstance(spec, Mapping):
-        kind = spec.get("kind", "constant")
-        if kind == "constant":
-            return float(spec["value"])
-        if kind in ("ramp", "cosine"):
-            since = float(spec.get("since", 0.0) or 0.0)
-            span = f"{_num(since)}-{_num(spec['until'])}" if since else _num(spec["until"])
-            name = "cos" if kind == "cosine" else "ramp"
-            return f"{name}({_num(spec['start'])}>{_num(spec['end'])}@{span})"
-        if kind == "step":
-            values = ">".join(_num(v) for v in spec["values"])
-            at = ",".join(_num(a) for a in spec["at"])
-            return f"step({values}@{at})"
-        if kind == "learned":
-            return f"learned({_num(spec.get('init', 0.5))},lr={_num(spec.get('lr', 0.01))})"
-        return json.dumps(dict(spec), sort_keys=True, separators=(",", ":"))
-    return str(spec)
-
-
 def fmt_weight(value: Any) -> str:
-    return _num(value) if isinstance(value, float) else str(value)
+    return number_text(value) if isinstance(value, float) else str(value)
 
 
 def order_key(value: Any) -> tuple[int, Any]:
@@ -82,16 +45,17 @@ def field_text(field: str, value: Any) -> str:
 
 
 # ------------------------------------------------------------------------ database -> frames
-def load_jobs(engine: Any, sweep: Optional[str] = None, *, status: Optional[str] = "done",
-              allow_empty: bool = False) -> pd.DataFrame:
+def load_jobs(
+    engine: Any, sweep: Optional[str] = None, *, status: Optional[str] = "done", allow_empty: bool = False
+) -> pd.DataFrame:
     """Jobs with ``status`` (finished ones by default; None: all), of one sweep or all.
 
     Raises UnknownNameError for an unknown sweep and, unless ``allow_empty``, NoResultsError
     when nothing matches.
     """
-    from invssl.db import results
+    from invssl.db import reads
 
-    rows = results.job_rows(engine, sweep, status=status)
+    rows = reads.job_rows(engine, sweep, status=status)
     if not rows and not allow_empty:
         where = f"sweep {sweep!r}" if sweep is not None else "the database"
         what = f"{status} jobs" if status else "jobs"
@@ -101,9 +65,9 @@ def load_jobs(engine: Any, sweep: Optional[str] = None, *, status: Optional[str]
 
 def load_epochs(engine: Any, job_ids: Iterable[int]) -> pd.DataFrame:
     """Per-epoch metrics of the given jobs: one row per (job_id, epoch), ``extra`` flattened."""
-    from invssl.db import results
+    from invssl.db import reads
 
-    return epochs_frame(results.epoch_rows(engine, job_ids))
+    return epochs_frame(reads.epoch_rows(engine, job_ids))
 
 
 def epochs_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -184,7 +148,7 @@ def parse_where(items: Iterable[str]) -> dict[str, str]:
     for item in items:
         field, sep, value = item.partition("=")
         if not sep or not field.strip():
-            raise ConfigError(f"--where {item!r}: expected FIELD=VALUE")
+            raise ConfigError(f"condition {item!r}: expected FIELD=VALUE")
         out[field.strip()] = value.strip()
     return out
 
@@ -210,11 +174,12 @@ def matches(series: pd.Series, wanted: Any) -> pd.Series:
 def require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ConfigError(f"{what}: no column {', '.join(missing)} in the results; "
-                          f"available: {', '.join(map(str, df.columns))}")
+        raise ConfigError(
+            f"{what}: no column {', '.join(missing)} in the results; available: {', '.join(map(str, df.columns))}"
+        )
 
 
-def filter_where(jobs: pd.DataFrame, where: Mapping[str, Any], what: str = "--where") -> pd.DataFrame:
+def filter_where(jobs: pd.DataFrame, where: Mapping[str, Any], what: str = "conditions") -> pd.DataFrame:
     if jobs.empty:
         return jobs
     require(jobs, where, what)

@@ -67,8 +67,11 @@ def tracking_dead_units(model: nn.Module) -> Iterator[DeadUnits]:
     from invssl.models import WinnerTakeAll
 
     tracker = DeadUnits()
-    handles = [m.register_forward_hook(tracker.hook(name)) for name, m in model.named_modules()
-               if isinstance(m, (nn.ReLU, WinnerTakeAll))]
+    handles = [
+        m.register_forward_hook(tracker.hook(name))
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.ReLU, WinnerTakeAll))
+    ]
     try:
         yield tracker
     finally:

@@ -5,7 +5,8 @@ Everything that can be wrong with a sweep's environment is checked before a sing
 queued: every device named, every dataset's files (downloaded here, once, when the file says
 ``download: true``). Reusing a sweep name with a changed spec is reported, since its earlier
 jobs stay in the sweep. The outcome says which signal stopped the run and which worker
-processes died; ``cli.py`` turns it into the exit status. One engine serves the whole sweep.
+processes died; ``cli.py`` turns it into the exit status. Each command opens one engine and
+disposes of it at its end; the worker processes of a sweep open their own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.console import Console
 
 from invssl import progress
 from invssl.config import Experiment, JobConfig, load_experiment
+from invssl.defaults import HEARTBEAT_S, STALE_AFTER_S
 
 Say = Callable[[str], None]
 
@@ -39,13 +41,6 @@ class Outcome:
         c = self.counts
         states = ", ".join(f"{c[s]} {s}" for s in ("done", "failed", "pending", "running") if c[s])
         return f"sweep [bold]{self.name}[/]: {states or 'no jobs'}"
-
-
-def check_devices(names: Iterable[Optional[str]]) -> None:
-    from invssl.runner import check_device
-
-    for name in names:
-        check_device(name)
 
 
 def check_data(jobs: Iterable[JobConfig], data_root: Optional[str], fetch: bool) -> None:
@@ -71,8 +66,12 @@ def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         before, after = a.get(path), b.get(path)
         if before == after or path in ("data.root", "data.download"):
             continue
-        if path.startswith("grid.") and isinstance(before, list) and isinstance(after, list) \
-                and all(v in after for v in before):
+        if (
+            path.startswith("grid.")
+            and isinstance(before, list)
+            and isinstance(after, list)
+            and all(v in after for v in before)
+        ):
             continue
         out.append(f"{path}: {_show(before)} -> {_show(after)}")
     return out
@@ -91,140 +90,204 @@ def _show(value: Any) -> str:
     return "(none)" if value is None else json.dumps(value, separators=(", ", ": "))
 
 
-def _warn_if_changed(url: str, experiment: Experiment, warn: Say) -> None:
-    from invssl.db import results
-    from invssl.db.session import open_engine
+def _warn_if_changed(engine: Any, experiment: Experiment, warn: Say) -> None:
+    from invssl.db import reads
 
-    engine = open_engine(url)
-    try:
-        old = results.sweep_spec(engine, experiment.name)
-    finally:
-        engine.dispose()
+    old = reads.sweep_spec(engine, experiment.name)
     changes = [] if old is None else spec_changes(old, experiment.model_dump(mode="json"))
     if changes:
-        warn(f"warning: sweep {experiment.name!r} was enqueued before with another spec "
-             f"({'; '.join(changes)}); its earlier jobs stay in it, and a report over the sweep "
-             "refuses to pool them with the new ones: give the sweep a new name, or pick jobs "
-             "with --where")
+        warn(
+            f"warning: sweep {experiment.name!r} was enqueued before with another spec "
+            f"({'; '.join(changes)}); its earlier jobs stay in it, and a report over the sweep "
+            "refuses to pool them with the new ones: give the sweep a new name, or pick jobs "
+            "by the fields that changed"
+        )
 
 
-def run_local(url: str, console: Console, *, device: Optional[str], data_root: Optional[str],
-              sweep_id: Optional[int], total: int, quiet: bool, forever: bool = False,
-              stale_after: float = 120.0, heartbeat: float = 10.0, engine: Any = None) -> Any:
+def run_local(
+    url: str,
+    console: Console,
+    device: Optional[str],
+    data_root: Optional[str],
+    quiet: bool,
+    sweep_id: Optional[int] = None,
+    total: int = 0,
+    *,
+    forever: bool = False,
+    stale_after: float = STALE_AFTER_S,
+    heartbeat: float = HEARTBEAT_S,
+    engine: Any = None,
+) -> Any:
     """One worker in this process (on ``engine`` if given); returns its summary, whose
     ``stopped_by`` names the signal that stopped it."""
     from invssl.runner import Worker
 
     show = progress.display(total, console, quiet)
-    worker = Worker(url, device=device, data_root=data_root, stale_after_s=stale_after,
-                    heartbeat_s=heartbeat, events=show.events() if show else None, engine=engine)
+    worker = Worker(
+        url,
+        device=device,
+        data_root=data_root,
+        stale_after_s=stale_after,
+        heartbeat_s=heartbeat,
+        events=show.events() if show else None,
+        engine=engine,
+    )
     with show or nullcontext():
         return worker.run(sweep_id=sweep_id, forever=forever)
 
 
-def resume(url: str, console: Console, say: Say, *, device: Optional[str],
-           data_root: Optional[str], retry_failed: bool, max_attempts: int, stale_after: float,
-           quiet: bool) -> tuple[Optional[int], int]:
-    """Dead workers' jobs (and failed ones, with ``retry_failed``) back to the queue, then run
-    every pending job here; returns the signal that stopped the run, if one did, and how many
-    jobs have failed."""
-    from invssl import runner
-    from invssl.db import queue
-    from invssl.db.session import open_engine
+def worker(
+    db: Optional[str],
+    console: Console,
+    device: Optional[str],
+    data_root: Optional[str],
+    quiet: bool,
+    sweep_id: Optional[int] = None,
+    *,
+    forever: bool = False,
+    stale_after: float = STALE_AFTER_S,
+    heartbeat: float = HEARTBEAT_S,
+) -> Any:
+    """``invssl worker``, and each worker process of a sweep: jobs claimed one at a time until
+    none is left (or, ``forever``, until a signal)."""
+    from invssl.db.session import resolve_url
+    from invssl.devices import check_devices
 
-    runner.check_device(device)
+    check_devices([device])
+    url = resolve_url(db)
+    return run_local(
+        url, console, device, data_root, quiet, sweep_id, forever=forever, stale_after=stale_after, heartbeat=heartbeat
+    )
+
+
+def upgrade(db: Optional[str]) -> str:
+    """The schema created or brought to this version's head; returns where, as printed."""
+    from invssl.db.session import mask_url, resolve_url
+    from invssl.db.session import upgrade as upgrade_schema
+
+    url = resolve_url(db)
+    upgrade_schema(url)
+    return mask_url(url)
+
+
+def resume(
+    db: Optional[str],
+    console: Console,
+    say: Say,
+    device: Optional[str],
+    data_root: Optional[str],
+    quiet: bool,
+    stale_after: float,
+    retry: Optional[int] = None,
+) -> tuple[Optional[int], int]:
+    """Dead workers' jobs (and, with ``retry``, failed ones tried fewer than ``retry`` times) back
+    to the queue, then run every pending job here; returns the signal that stopped the run, if
+    one did, and how many jobs have failed."""
+    from invssl import runner
+    from invssl.db import queue, reads
+    from invssl.db.session import open_engine, resolve_url
+    from invssl.devices import check_devices
+
+    check_devices([device])
+    url = resolve_url(db)
     engine = open_engine(url)
     try:
         reaped = runner.reap(engine, stale_after)
-        retried = queue.retry_failed(engine, max_attempts=max_attempts) if retry_failed else 0
-        pending = queue.status_counts(engine).get("pending", 0)
+        retried = queue.retry_failed(engine, max_attempts=retry) if retry is not None else 0
+        pending = reads.status_counts(engine).get("pending", 0)
         say(f"resume: {len(reaped)} interrupted, {retried} failed requeued, {pending} pending")
         stopped_by = None
         if pending:
-            stopped_by = run_local(url, console, device=device, data_root=data_root, sweep_id=None,
-                                   total=pending, quiet=quiet, engine=engine).stopped_by
-        return stopped_by, queue.status_counts(engine).get("failed", 0)
+            stopped_by = run_local(url, console, device, data_root, quiet, total=pending, engine=engine).stopped_by
+        return stopped_by, reads.status_counts(engine).get("failed", 0)
     finally:
         engine.dispose()
 
 
-def dry_run(file: Path, url: str, overrides: Sequence[str], *, device: Optional[str],
-            devices: Optional[str], data_root: Optional[str], calibrate: bool) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class SweepRequest:
+    """What ``invssl sweep`` asks for: the experiment file, its overrides, and where to run it."""
+
+    file: Path
+    overrides: Sequence[str] = ()
+    db: Optional[str] = None  # a URL; None: ``$INVSSL_DB`` or the default
+    device: Optional[str] = None
+    devices: Optional[str] = None  # comma-separated, one worker each (round-robin)
+    workers: int = 0  # 0: one per device
+    data_root: Optional[str] = None  # replaces every job's data root
+    enqueue_only: bool = False
+    quiet: bool = False
+
+    def device_list(self) -> list[str]:
+        return self.devices.split(",") if self.devices else []
+
+
+def dry_run(request: SweepRequest, *, calibrate: bool) -> tuple[Any, Any]:
     """The plan and its time estimate, after the same device and data checks as a real run
     (nothing downloaded); ``calibrate`` times a few steps of configurations never recorded."""
     from invssl import estimate, runner
+    from invssl.db.session import resolve_url
+    from invssl.devices import check_devices
 
-    plan = runner.plan(file, url, overrides)
-    check_devices([device, *(devices.split(",") if devices else [])])
+    url, data_root = resolve_url(request.db), request.data_root
+    plan = runner.plan(request.file, url, request.overrides)
+    check_devices([request.device, *request.device_list()])
     check_data(plan.jobs, data_root, fetch=False)
     jobs = [j.model_copy(update={"data_root": data_root}) for j in plan.jobs] if data_root else plan.jobs
-    est = estimate.estimate(jobs, done=plan.done_keys, device=device, db_url=url,
-                            calibrate_missing=calibrate)
+    est = estimate.estimate(jobs, done=plan.done_keys, device=request.device, db_url=url, calibrate_missing=calibrate)
     return plan, est
 
 
-def plan_table(plan: Any, where: str) -> Any:
-    """The dry run's table: jobs and finished jobs per (topology, N_L)."""
-    from rich.table import Table
-
-    table = Table(title=f"{plan.name}: {plan.total} jobs, {plan.done} already done ({where})")
-    table.add_column("topology")
-    for col in ("N_L", "jobs", "done"):
-        table.add_column(col, justify="right")
-    for (topology, n_l), (jobs, done) in sorted(plan.by_group.items()):
-        table.add_row(topology, str(n_l), str(jobs), str(done))
-    return table
-
-
-def sweep(file: Path, url: str, overrides: Sequence[str], console: Console, say: Say, warn: Say, *,
-          device: Optional[str], devices: Optional[str], workers: int, data_root: Optional[str],
-          enqueue_only: bool, quiet: bool) -> Optional[Outcome]:
+def sweep(request: SweepRequest, console: Console, say: Say, warn: Say) -> Optional[Outcome]:
     """Check, enqueue and run a sweep; None with ``enqueue_only``."""
     from invssl import runner
-    from invssl.db.session import mask_url, open_engine
+    from invssl.db.session import mask_url, open_engine, resolve_url
+    from invssl.devices import check_devices, default_devices
 
-    experiment, jobs = load_experiment(file, overrides)
-    devs = devices.split(",") if devices else ([device] if device else runner.default_devices())
-    check_devices([device, *devs])
-    check_data(jobs, data_root, fetch=True)
-    _warn_if_changed(url, experiment, warn)
-    enq = runner.enqueue(file, url, overrides)
-    say(f"sweep [bold]{enq.name}[/]: {len(enq.keys)} jobs ({enq.new} new, "
-        f"{enq.existing} already known) in {mask_url(url)}")
-    if enqueue_only:
-        return None
+    url = resolve_url(request.db)
+    experiment, jobs = load_experiment(request.file, request.overrides)
+    devs = request.device_list() or ([request.device] if request.device else default_devices())
+    check_devices([request.device, *devs])
+    check_data(jobs, request.data_root, fetch=True)
     engine = open_engine(url)
     try:
-        return _run(engine, url, enq, console, say, devs, workers=workers, data_root=data_root,
-                    quiet=quiet)
+        _warn_if_changed(engine, experiment, warn)
+        enq = runner.enqueue_jobs(engine, experiment, jobs)
+        say(
+            f"sweep [bold]{enq.name}[/]: {len(enq.keys)} jobs ({enq.new} new, "
+            f"{enq.existing} already known) in {mask_url(url)}"
+        )
+        if request.enqueue_only:
+            return None
+        return _run(engine, url, enq, console, say, devs, request)
     finally:
         engine.dispose()
 
 
-def _run(engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list[str], *,
-         workers: int, data_root: Optional[str], quiet: bool) -> Outcome:
+def _run(
+    engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list[str], request: SweepRequest
+) -> Outcome:
     from invssl import pool, runner
-    from invssl.db import results
+    from invssl.db import reads
 
     runner.reap(engine)
-    counts = runner.sweep_counts(engine, enq.name)
+    counts = Counter(reads.status_counts(engine, sweep=enq.name))
     todo = counts["pending"] + counts["running"]
-    n = workers or max(1, len(devs))
+    n = request.workers or max(1, len(devs))
     outcome = Outcome(enq.name, counts)
     if todo == 0:
         say("nothing to do: every job of this sweep has finished")
     elif n == 1:
-        outcome.stopped_by = run_local(url, console, device=devs[0] if devs else None,
-                                       data_root=data_root, sweep_id=enq.sweep_id, total=todo,
-                                       quiet=quiet, engine=engine).stopped_by
+        device = devs[0] if devs else None
+        ran_here = run_local(url, console, device, request.data_root, request.quiet, enq.sweep_id, todo, engine=engine)
+        outcome.stopped_by = ran_here.stopped_by
     else:
         say(f"started {n} workers" + (f" on {', '.join(devs)}" if devs else ""))
-        show = progress.display(todo, console, quiet)
-        ended = progress.ChildJobs(lambda: results.ended_jobs(engine, enq.sweep_id), show)
+        show = progress.display(todo, console, request.quiet)
+        ended = progress.ChildJobs(lambda: reads.ended_jobs(engine, enq.sweep_id), show)
         with show or nullcontext():
-            ran = pool.run_pool(engine, url, n, devs, sweep_id=enq.sweep_id, data_root=data_root,
-                                on_poll=ended)
+            ran = pool.run_pool(engine, url, n, devs, sweep_id=enq.sweep_id, data_root=request.data_root, on_poll=ended)
             ended()
         outcome.stopped_by, outcome.died = ran.stopped_by, ran.died
-    outcome.counts = runner.sweep_counts(engine, enq.name)
+    outcome.counts = Counter(reads.status_counts(engine, sweep=enq.name))
     return outcome

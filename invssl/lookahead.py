@@ -50,12 +50,12 @@ def term_gradients(terms: LossTerms, params: list[Tensor]) -> TermGrads:
 
 def combine(g: TermGrads, alpha: float, beta: float) -> Grads:
     """grad_w L = alpha*g_ce + (1-alpha)*(beta*g_R + (1-beta)*g_E)."""
-    return tuple(alpha * c + (1 - alpha) * (beta * r + (1 - beta) * e)
-                 for c, r, e in zip(g.ce, g.recon, g.entropy))
+    return tuple(alpha * c + (1 - alpha) * (beta * r + (1 - beta) * e) for c, r, e in zip(g.ce, g.recon, g.entropy))
 
 
-def hypergradient(model: nn.Module, g: TermGrads, alpha: float, beta: float, lr: float,
-                  x_labeled: Tensor, y_labeled: Tensor) -> tuple[float, float]:
+def hypergradient(
+    model: nn.Module, g: TermGrads, alpha: float, beta: float, lr: float, x_labeled: Tensor, y_labeled: Tensor
+) -> tuple[float, float]:
     """(dCE(w')/dalpha, dCE(w')/dbeta) for ``w' = w - lr * combine(g, alpha, beta)``.
 
     ``x_labeled``: (B, *S), ``y_labeled``: (B,). Buffers are passed as copies, so the look-ahead
@@ -63,12 +63,10 @@ def hypergradient(model: nn.Module, g: TermGrads, alpha: float, beta: float, lr:
     """
     names = [name for name, _ in model.named_parameters()]
     step = combine(g, alpha, beta)
-    ahead = {name: (p - lr * s).detach().requires_grad_()
-             for (name, p), s in zip(model.named_parameters(), step)}
+    ahead = {name: (p - lr * s).detach().requires_grad_() for (name, p), s in zip(model.named_parameters(), step)}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     logits = functional_call(model, {**ahead, **buffers}, (x_labeled,))  # (B, K)
-    v = torch.autograd.grad(F.cross_entropy(logits.float(), y_labeled), [ahead[n] for n in names],
-                            allow_unused=True)
+    v = torch.autograd.grad(F.cross_entropy(logits.float(), y_labeled), [ahead[n] for n in names], allow_unused=True)
 
     def dot(grads: Grads) -> float:
         return sum(float((a * b).sum()) for a, b in zip(v, grads) if a is not None)
@@ -83,11 +81,11 @@ class Weights:
     def __init__(self, alpha: Union[float, object], beta: Union[float, object]) -> None:
         self.specs = (make_schedule(alpha), make_schedule(beta))  # type: ignore[arg-type]
         self.learned = tuple(isinstance(s, Learned) for s in self.specs)
-        self.logits = [torch.tensor(_logit(s.init) if learned else 0.0, dtype=torch.float64,
-                                    requires_grad=True)
-                       for s, learned in zip(self.specs, self.learned)]
-        groups = [{"params": [lg], "lr": s.lr}
-                  for lg, s in zip(self.logits, self.specs) if isinstance(s, Learned)]
+        self.logits = [
+            torch.tensor(_logit(s.init) if learned else 0.0, dtype=torch.float64, requires_grad=True)
+            for s, learned in zip(self.specs, self.learned)
+        ]
+        groups = [{"params": [lg], "lr": s.lr} for lg, s in zip(self.logits, self.specs) if isinstance(s, Learned)]
         self.opt = torch.optim.Adam(groups) if groups else None
 
     @property
@@ -96,8 +94,10 @@ class Weights:
 
     def at(self, t: float) -> tuple[float, float]:
         """The weights in force at time ``t`` (epochs)."""
-        a, b = (torch.sigmoid(lg.detach()).item() if learned else spec(t)
-                for lg, learned, spec in zip(self.logits, self.learned, self.specs))
+        a, b = (
+            torch.sigmoid(lg.detach()).item() if learned else spec(t)
+            for lg, learned, spec in zip(self.logits, self.learned, self.specs)
+        )
         return a, b
 
     def update(self, d_alpha: float, d_beta: float) -> None:
@@ -112,8 +112,10 @@ class Weights:
         self.opt.step()
 
     def state_dict(self) -> dict[str, object]:
-        return {"logits": torch.stack([lg.detach() for lg in self.logits]),
-                "opt": self.opt.state_dict() if self.opt else {}}
+        return {
+            "logits": torch.stack([lg.detach() for lg in self.logits]),
+            "opt": self.opt.state_dict() if self.opt else {},
+        }
 
     def load_state_dict(self, blob: dict[str, object]) -> None:
         with torch.no_grad():
@@ -123,8 +125,16 @@ class Weights:
             self.opt.load_state_dict(blob["opt"])  # type: ignore[arg-type]
 
 
-def learned_step(model: nn.Module, terms: LossTerms, weights: Weights, alpha: float, beta: float,
-                 lr: float, x_ahead: Tensor, y_ahead: Tensor) -> None:
+def learned_step(
+    model: nn.Module,
+    terms: LossTerms,
+    weights: Weights,
+    alpha: float,
+    beta: float,
+    lr: float,
+    x_ahead: Tensor,
+    y_ahead: Tensor,
+) -> None:
     """Fill ``.grad`` of the model's parameters with the step's gradient, then move the learned
     weights along the look-ahead hypergradient measured on the labeled batch ``x_ahead``."""
     params = list(model.parameters())

@@ -71,8 +71,9 @@ def _init_(layer: nn.Conv1d | nn.Conv2d | nn.Linear, rectified_input: bool, init
     """Zero biases and either Glorot-uniform or Kaiming-normal weights.
 
     ``glorot`` (Lasagne's default, and the paper's authors' code) balances fan-in and fan-out
-    (docs/method.md, section 5). ``kaiming`` preserves the forward variance: ReLU and channel winner-take-all both keep half
-    the second moment of a symmetric input, so gain sqrt(2) suits both; layers that read the raw
+    (docs/method.md, section 5). ``kaiming`` preserves the forward variance: ReLU and channel
+    winner-take-all both keep half the second moment of a symmetric input, so gain sqrt(2) suits
+    both; layers that read the raw
     input or the residual trunk (not rectified) get gain 1.
     """
     if init == "glorot":

@@ -42,11 +42,14 @@ def factory(spec: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"cannot import {module_name!r} for {spec!r} ({exc}); run from the "
-                          "folder that holds it or add that folder to PYTHONPATH") from None
+        raise ConfigError(
+            f"cannot import {module_name!r} for {spec!r} ({exc}); run from the "
+            "folder that holds it or add that folder to PYTHONPATH"
+        ) from None
     except Exception as exc:  # the user's module failed while importing: say how, in one line
-        raise ConfigError(f"importing {module_name!r} for {spec!r} failed: "
-                          f"{type(exc).__name__}: {_one_line(exc)}") from None
+        raise ConfigError(
+            f"importing {module_name!r} for {spec!r} failed: {type(exc).__name__}: {_one_line(exc)}"
+        ) from None
     made = getattr(module, attr, None)
     if not callable(made):
         raise ConfigError(f"{spec!r}: module {module_name} has no callable {attr!r}")
@@ -61,11 +64,9 @@ def build(spec: str, input_shape: Sequence[int], num_classes: int) -> Any:
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(f"topology {spec!r}: the factory raised {type(exc).__name__}: "
-                          f"{_one_line(exc)}") from None
+        raise ConfigError(f"topology {spec!r}: the factory raised {type(exc).__name__}: {_one_line(exc)}") from None
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"topology {spec!r}: the factory returned {type(model).__name__}, "
-                          "not a torch.nn.Module")
+        raise ConfigError(f"topology {spec!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -78,12 +79,15 @@ def check(spec: str, input_shape: Sequence[int], num_classes: int) -> None:
         with torch.no_grad():
             out = model.eval()(torch.zeros(2, *input_shape))
     except Exception as exc:
-        raise ConfigError(f"topology {spec!r} on inputs of shape {tuple(input_shape)}: "
-                          f"{type(exc).__name__}: {_one_line(exc)}") from None
+        raise ConfigError(
+            f"topology {spec!r} on inputs of shape {tuple(input_shape)}: {type(exc).__name__}: {_one_line(exc)}"
+        ) from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"topology {spec!r}: expected logits of shape (batch, {num_classes}) "
-                          f"for inputs {tuple(input_shape)}, got {shape}")
+        raise ConfigError(
+            f"topology {spec!r}: expected logits of shape (batch, {num_classes}) "
+            f"for inputs {tuple(input_shape)}, got {shape}"
+        )
 
 
 def _one_line(exc: BaseException) -> str:

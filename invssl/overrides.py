@@ -39,7 +39,7 @@ def apply(raw: dict[str, Any], items: Sequence[str]) -> dict[str, Any]:
         keys, value = parse(item)
         node: Any = out
         for depth, key in enumerate(keys[:-1]):
-            node = _child(node, key, item, ".".join(keys[:depth + 1]))
+            node = _child(node, key, item, ".".join(keys[: depth + 1]))
         _set(node, keys[-1], value, item)
     return out
 

@@ -36,8 +36,7 @@ class _Pivot:
     cells: dict[tuple[tuple, tuple], pd.DataFrame]
 
 
-def _pivot_cells(jobs: pd.DataFrame, rows: list[str], cols: list[str], value: str,
-                 where: Mapping[str, Any]) -> _Pivot:
+def _pivot_cells(jobs: pd.DataFrame, rows: list[str], cols: list[str], value: str, where: Mapping[str, Any]) -> _Pivot:
     require(jobs, [*rows, *cols, value, *where], "pivot")
     jobs = filter_where(finished(jobs), where)
     if jobs.empty:
@@ -74,8 +73,10 @@ def _refuse_mixed(piv: _Pivot) -> None:
     if not fields:
         return
     shown = "; ".join(f"{f} varies: {', '.join(v)}" for f, v in sorted(fields.items()))
-    raise ConfigError(f"a cell would pool different configurations ({shown}): "
-                      "add the field to --rows/--cols or fix it with --where FIELD=VALUE")
+    raise ConfigError(
+        f"a cell would pool different configurations ({shown}): split the table by the field, or keep one value of it",
+        option="fields",
+    )
 
 
 def _split(fields: str | Sequence[str] | None) -> list[str]:
@@ -84,8 +85,13 @@ def _split(fields: str | Sequence[str] | None) -> list[str]:
     return [fields] if isinstance(fields, str) else list(fields)
 
 
-def pivot(jobs: pd.DataFrame, rows: str | Sequence[str], cols: str | Sequence[str] | None = None,
-          value: str = "test_acc", where: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
+def pivot(
+    jobs: pd.DataFrame,
+    rows: str | Sequence[str],
+    cols: str | Sequence[str] | None = None,
+    value: str = "test_acc",
+    where: Optional[Mapping[str, Any]] = None,
+) -> pd.DataFrame:
     """Any grid as a table: ``value`` mean ± std (n) over the finished jobs in each cell.
 
     ``rows`` and ``cols`` are job fields (one or several); ``where`` keeps jobs whose field
@@ -116,14 +122,17 @@ def pivot(jobs: pd.DataFrame, rows: str | Sequence[str], cols: str | Sequence[st
     table = pd.DataFrame(records, columns=[*piv.rows, *col_names])
     unit = " (%)" if scale == 100.0 else ""
     cond = ("; " + ", ".join(f"{k}={v}" for k, v in where.items())) if where else ""
-    table.attrs["title"] = (f"{value}{unit} by {', '.join(piv.rows)}"
-                            + (f" and {', '.join(piv.cols)}" if piv.cols else "")
-                            + f": mean {PM} std (jobs) over the seeds in each cell{cond}")
+    table.attrs["title"] = (
+        f"{value}{unit} by {', '.join(piv.rows)}"
+        + (f" and {', '.join(piv.cols)}" if piv.cols else "")
+        + f": mean {PM} std (jobs) over the seeds in each cell{cond}"
+    )
     return table
 
 
-def pivot_long(jobs: pd.DataFrame, rows: Sequence[str], cols: Sequence[str] | None, value: str,
-                where: Mapping[str, Any]) -> pd.DataFrame:
+def pivot_long(
+    jobs: pd.DataFrame, rows: Sequence[str], cols: Sequence[str] | None, value: str, where: Mapping[str, Any]
+) -> pd.DataFrame:
     piv = _pivot_cells(jobs, _split(rows), _split(cols), value, dict(where))
     fields = [*piv.rows, *[c for c in piv.cols if c not in piv.rows]]
     records = []
@@ -131,8 +140,15 @@ def pivot_long(jobs: pd.DataFrame, rows: Sequence[str], cols: Sequence[str] | No
         mean, std, n = stats(cell[value])
         if n:
             key = dict(zip(piv.rows, rk)) | dict(zip(piv.cols, ck))
-            records.append({**key, "metric": value, "mean": mean, "std": std, "n": n,
-                            "collapsed": collapsed_count(cell), "job_ids": list(cell["id"])})
+            records.append(
+                {
+                    **key,
+                    "metric": value,
+                    "mean": mean,
+                    "std": std,
+                    "n": n,
+                    "collapsed": collapsed_count(cell),
+                    "job_ids": list(cell["id"]),
+                }
+            )
     return pd.DataFrame(records, columns=[*fields, "metric", "mean", "std", "n", "collapsed", "job_ids"])
-
-

@@ -17,7 +17,7 @@ import pandas as pd
 
 from invssl.errors import ConfigError, DataError
 from invssl.frames import fmt_weight, order_key
-from invssl.selection import select
+from invssl.selection import is_fraction, select
 
 DPI = 100
 FIGURE_FORMATS = ("png", "pdf", "svg")
@@ -65,8 +65,11 @@ def png_size(size: tuple[float, float]) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------ learning curves
-def learning_curves(epochs_by_job: Mapping[str, pd.DataFrame | Sequence[Mapping[str, Any]]],
-                    path: str | Path, title: Optional[str] = None) -> Path:
+def learning_curves(
+    epochs_by_job: Mapping[str, pd.DataFrame | Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    title: Optional[str] = None,
+) -> Path:
     """Per-epoch curves of several jobs overlaid: accuracy, total loss and CE, recon and entropy,
     and the loss weights alpha(t), beta(t) where they were learned.
 
@@ -74,8 +77,10 @@ def learning_curves(epochs_by_job: Mapping[str, pd.DataFrame | Sequence[Mapping[
     ``epoch`` and any of val_acc, test_acc, loss, ce, recon, entropy). Test accuracy is solid,
     validation dashed; each job keeps one colour across panels.
     """
-    frames = {label: (rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows)))
-              for label, rows in epochs_by_job.items()}
+    frames = {
+        label: (rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows)))
+        for label, rows in epochs_by_job.items()
+    }
     frames = {k: v.sort_values("epoch") for k, v in frames.items() if not v.empty and "epoch" in v}
     if not frames:
         raise DataError("no epochs recorded for these jobs: nothing to plot")
@@ -89,8 +94,9 @@ def learning_curves(epochs_by_job: Mapping[str, pd.DataFrame | Sequence[Mapping[
         named = False
         for metric, style in (("test_acc", "-"), ("val_acc", "--")):
             if metric in df and df[metric].notna().any():
-                ax_acc.plot(df["epoch"], df[metric] * 100, style, color=color, marker=".",
-                            label=None if named else label)
+                ax_acc.plot(
+                    df["epoch"], df[metric] * 100, style, color=color, marker=".", label=None if named else label
+                )
                 named = True
         panels = [(ax_loss, ("loss", "ce")), (ax_rec, ("recon", "entropy"))]
         if learned:
@@ -123,8 +129,14 @@ def learning_curves(epochs_by_job: Mapping[str, pd.DataFrame | Sequence[Mapping[
 
 
 # ------------------------------------------------------------------------ accuracy vs a field
-def metric_vs_field(jobs: pd.DataFrame, x: str, y: str, path: str | Path,
-                    by: Optional[Sequence[str]] = None, title: Optional[str] = None) -> Path:
+def metric_vs_field(
+    jobs: pd.DataFrame,
+    x: str,
+    y: str,
+    path: str | Path,
+    by: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> Path:
     """``y`` against the grid field ``x``, mean ± std over seeds, one line per group (Fig. 2).
 
     ``by`` names the fields that make a line (default: topology, dataset and n_labeled, those of
@@ -135,21 +147,21 @@ def metric_vs_field(jobs: pd.DataFrame, x: str, y: str, path: str | Path,
     """
     for field in (x, y):
         if field not in jobs.columns:
-            raise ConfigError(f"no field {field!r} in the results; available: "
-                              f"{', '.join(map(str, jobs.columns))}")
+            raise ConfigError(f"no field {field!r} in the results; available: {', '.join(map(str, jobs.columns))}")
     if "status" in jobs.columns:
         jobs = jobs[jobs["status"] == "done"]
     jobs = jobs[pd.to_numeric(jobs[y], errors="coerce").notna()]
     if jobs.empty:
         raise DataError(f"no finished job has a value for {y!r}: nothing to plot")
     if by is None:
-        by = [f for f in ("topology", "dataset", "n_labeled") if f in jobs.columns
-              and f != x and jobs[f].nunique() > 1] or [f for f in ("topology",) if f in jobs.columns]
+        by = [
+            f for f in ("topology", "dataset", "n_labeled") if f in jobs.columns and f != x and jobs[f].nunique() > 1
+        ] or [f for f in ("topology",) if f in jobs.columns]
     by = list(by)
     xs = sorted(dict.fromkeys(jobs[x]), key=order_key)
     numeric = all(order_key(v)[0] == 0 for v in xs)
     pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(xs)}
-    scale = 100.0 if y.endswith("_acc") else 1.0
+    scale = 100.0 if is_fraction(y) else 1.0
     fig = _figure(METRIC_SIZE)
     ax = fig.subplots()
     groups = jobs.groupby(by, sort=True, dropna=False) if by else [((), jobs)]
@@ -163,8 +175,7 @@ def metric_vs_field(jobs: pd.DataFrame, x: str, y: str, path: str | Path,
         if not points:
             continue
         px, py, pe = zip(*points)
-        label = ", ".join(k if isinstance(k, str) else f"{f}={fmt_weight(float(k))}"
-                          for f, k in zip(by, key)) or y
+        label = ", ".join(k if isinstance(k, str) else f"{f}={fmt_weight(float(k))}" for f, k in zip(by, key)) or y
         ax.errorbar(px, py, yerr=pe, marker="o", capsize=3, color=f"C{i % 10}", label=label)
     if not numeric:
         ax.set_xticks([pos[v] for v in xs], [str(v) for v in xs], rotation=30, ha="right")
@@ -192,10 +203,16 @@ def _unit(img: Any) -> Any:
     return (img - lo) / (hi - lo) if hi > lo else img * 0.0
 
 
-def reconstructions(model: Any, x: Any, path: str | Path, n: int = 8, *,
-                    labels: Optional[Sequence[int]] = None,
-                    class_names: Optional[Sequence[str]] = None,
-                    title: Optional[str] = None) -> Path:
+def reconstructions(
+    model: Any,
+    x: Any,
+    path: str | Path,
+    n: int = 8,
+    *,
+    labels: Optional[Sequence[int]] = None,
+    class_names: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> Path:
     """Inputs beside the network's reconstructions ``A[x]^T f(x)`` (``inversion.reconstruct``).
 
     Images (``x`` of shape (N, C, H, W)): a grid, inputs on top, reconstructions below, each
@@ -263,8 +280,7 @@ def reconstructions(model: Any, x: Any, path: str | Path, n: int = 8, *,
             denom = float((rec * rec).sum())
             k = float((sig * rec).sum()) / denom if denom > 0 else 1.0
             ax.plot(sig.numpy(), lw=0.6, color="C0", label="input")
-            ax.plot((rec * k).numpy(), lw=0.6, color="C3", alpha=0.8,
-                    label=f"A[x]ᵀf(x) × {k:.3g}")
+            ax.plot((rec * k).numpy(), lw=0.6, color="C3", alpha=0.8, label=f"A[x]ᵀf(x) × {k:.3g}")
             ax.set_title(caption(i), fontsize=8)
             ax.legend(fontsize=6, loc="upper right")
             ax.tick_params(labelsize=6)
@@ -299,48 +315,55 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "all"
 
 
-def _job_label(info: dict) -> str:
-    from invssl.config import JobConfig
-
-    try:
-        return f"{info['key'][:10]} {JobConfig(**info['config']).label()}"
-    except Exception:  # a config this version no longer accepts still gets a legend
-        return info["key"][:10]
-
-
-def job_curves(engine: Any, refs: Sequence[str], path: Optional[Path]) -> Path:
+def job_curves(db: Optional[str], refs: Sequence[str], path: Optional[Path]) -> Path:
     """Learning curves of the jobs ``refs`` (key prefixes or ids); default file name from the first."""
-    from invssl.db import queue
+    from invssl.db import reads
     from invssl.frames import epochs_frame
+    from invssl.labels import job_label
 
-    infos = [queue.get_job(engine, ref) for ref in refs]
-    curves = {_job_label(i): epochs_frame(queue.job_epochs(engine, i["id"])) for i in infos}
+    with reads.reading(db) as engine:
+        infos = [reads.get_job(engine, ref) for ref in refs]
+        curves = {
+            f"{i['key'][:10]} {job_label(i['config'] or {})}": epochs_frame(reads.job_epochs(engine, i["id"]))
+            for i in infos
+        }
     more = f"-and-{len(infos) - 1}-more" if len(infos) > 1 else ""
     return learning_curves(curves, path or Path(f"curves-{infos[0]['key'][:10]}{more}.png"))
 
 
-def sweep_metric(engine: Any, sweep: Optional[str], x: str, y: str, by: Optional[Sequence[str]],
-                 path: Optional[Path]) -> Path:
+def sweep_metric(
+    db: Optional[str], sweep: Optional[str], x: str, y: str, by: Optional[Sequence[str]], path: Optional[Path]
+) -> Path:
+    from invssl.db import reads
     from invssl.frames import load_jobs
 
-    frame = load_jobs(engine, sweep)
+    with reads.reading(db) as engine:
+        frame = load_jobs(engine, sweep)
     default = Path(f"{_safe_name(sweep or 'all')}-{_safe_name(y)}-vs-{_safe_name(x)}.png")
-    return metric_vs_field(frame, x, y, path or default, by=by,
-                           title=f"{sweep + ': ' if sweep else ''}{y} against {x}, mean ± std over seeds")
+    return metric_vs_field(
+        frame,
+        x,
+        y,
+        path or default,
+        by=by,
+        title=f"{sweep + ': ' if sweep else ''}{y} against {x}, mean ± std over seeds",
+    )
 
 
-def job_reconstructions(engine: Any, ref: str, n: int, path: Optional[Path], *, device: str,
-                        data_root: Optional[str]) -> Path:
+def job_reconstructions(
+    db: Optional[str], ref: str, n: int, path: Optional[Path], *, device: str, data_root: Optional[str]
+) -> Path:
     """``reconstructions`` of ``n`` test inputs by the job's checkpointed network."""
     from invssl.config import JobConfig
-    from invssl.db import queue
-    from invssl.train import load_model, prepare, resolve_device
+    from invssl.db import queue, reads
+    from invssl.devices import resolve_device
+    from invssl.train import load_model, prepare
 
-    info = queue.get_job(engine, ref)
-    stored = queue.load_checkpoint(engine, info["id"])
+    with reads.reading(db) as engine:
+        info = reads.get_job(engine, ref)
+        stored = queue.load_checkpoint(engine, info["id"])
     if stored is None:
-        raise DataError(f"job {info['key'][:10]} ({info['status']}) has no checkpoint yet: "
-                        "nothing to reconstruct with")
+        raise DataError(f"job {info['key'][:10]} ({info['status']}) has no checkpoint yet: nothing to reconstruct with")
     config = JobConfig(**info["config"])
     if data_root:
         config = config.model_copy(update={"data_root": data_root})
@@ -349,6 +372,11 @@ def job_reconstructions(engine: Any, ref: str, n: int, path: Optional[Path], *, 
     prep = prepare(config, dev)
     idx = pick_examples(prep.y_test.cpu(), n)
     return reconstructions(
-        model, prep.x_test[idx], path or Path(f"reconstruct-{info['key'][:10]}.png"), n=n,
-        labels=prep.y_test[idx].cpu().tolist(), class_names=prep.info.class_names,
-        title=f"{config.label()} (epoch {stored[0]}): inputs and reconstructions A[x]ᵀf(x)")
+        model,
+        prep.x_test[idx],
+        path or Path(f"reconstruct-{info['key'][:10]}.png"),
+        n=n,
+        labels=prep.y_test[idx].cpu().tolist(),
+        class_names=prep.info.class_names,
+        title=f"{config.label()} (epoch {stored[0]}): inputs and reconstructions A[x]ᵀf(x)",
+    )

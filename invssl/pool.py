@@ -5,10 +5,14 @@ The sweep itself, interrupted or terminated (Ctrl-C, ``kill``, a scheduler), for
 to every worker and waits for all of them: each checkpoints its job and hands it back, and a
 worker takes a repeated request for the same stop (see ``runner.StopFlag``). No worker is left
 running as an orphan, and one that died on its own is reported, its job put back in the queue.
+
+A worker process is this module run as a program (``python -m invssl.pool SPEC``): the library's
+worker, whatever front end started the sweep.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,8 +36,9 @@ class PoolOutcome:
     died: list[str] = field(default_factory=list)  # one line per worker that died
 
 
-def spawn_workers(db_url: str, n: int, devices: list[str], *, sweep_id: Optional[int],
-                  data_root: Optional[str]) -> list[subprocess.Popen[bytes]]:
+def spawn_workers(
+    db_url: str, n: int, devices: list[str], *, sweep_id: Optional[int], data_root: Optional[str]
+) -> list[subprocess.Popen[bytes]]:
     """Start ``n`` worker processes, round-robin over ``devices`` (threads split among them)."""
     env = dict(os.environ, INVSSL_DB=db_url)
     threads = max(1, (os.cpu_count() or 1) // n)
@@ -43,14 +48,12 @@ def spawn_workers(db_url: str, n: int, devices: list[str], *, sweep_id: Optional
     # still imports must not kill it with a traceback (the SIGTERM forwarded below stops it).
     with _ignoring(signal.SIGINT):
         for i in range(n):
-            cmd = [sys.executable, "-m", "invssl", "worker", "--quiet"]
-            if devices:
-                cmd += ["--device", devices[i % len(devices)]]
-            if sweep_id is not None:
-                cmd += ["--sweep-id", str(sweep_id)]
-            if data_root:
-                cmd += ["--data-root", data_root]
-            procs.append(subprocess.Popen(cmd, env=env))
+            spec = {
+                "device": devices[i % len(devices)] if devices else None,
+                "sweep_id": sweep_id,
+                "data_root": data_root,
+            }
+            procs.append(subprocess.Popen([sys.executable, "-m", "invssl.pool", json.dumps(spec)], env=env))
     return procs
 
 
@@ -66,9 +69,17 @@ def _ignoring(signum: int) -> Iterator[None]:
         signal.signal(signum, previous)
 
 
-def run_pool(engine: Any, db_url: str, n: int, devices: list[str], *, sweep_id: Optional[int],
-             data_root: Optional[str], on_poll: Callable[[], None] = lambda: None,
-             poll_s: float = 1.0) -> PoolOutcome:
+def run_pool(
+    engine: Any,
+    db_url: str,
+    n: int,
+    devices: list[str],
+    *,
+    sweep_id: Optional[int],
+    data_root: Optional[str],
+    on_poll: Callable[[], None] = lambda: None,
+    poll_s: float = 1.0,
+) -> PoolOutcome:
     """Run ``n`` workers until every one has exited; ``on_poll`` runs about every ``poll_s``."""
     outcome = PoolOutcome()
     procs = spawn_workers(db_url, n, devices, sweep_id=sweep_id, data_root=data_root)
@@ -115,3 +126,22 @@ def _how(returncode: int) -> str:
         except ValueError:
             return f"was killed by signal {-returncode}"
     return f"exited with status {returncode}"
+
+
+def _worker_process(spec: str) -> int:
+    """One worker of a sweep: its jobs, a line on how it ended, and the exit status ``run_pool``
+    reads (0 done, 130 after Ctrl-C, 2 after an error of the user's environment)."""
+    from invssl import launch, output
+    from invssl.errors import InvsslError
+
+    try:
+        summary = launch.worker(os.environ.get("INVSSL_DB"), output.console(), quiet=True, **json.loads(spec))
+    except InvsslError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(summary.line(), flush=True)
+    return 130 if summary.stopped_by == signal.SIGINT else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_process(sys.argv[1]))

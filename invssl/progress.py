@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Optional, TextIO
+from collections.abc import Callable
+from typing import Any, Optional, TextIO
 
 from rich.console import Console
+
+from invssl.labels import job_label
 
 
 def _clock(seconds: float) -> str:
@@ -65,8 +68,7 @@ class Lines:
     def epoch(self, cfg: Any, rep: Any) -> None:
         wall = rep.metrics.get("wall_s")
         took = f" ({wall:.1f} s)" if wall is not None else ""
-        self._say(f"{self.key} {self.label}: epoch {rep.epoch}/{cfg.epochs} "
-                  f"{_accuracies(rep.metrics)}{took}")
+        self._say(f"{self.key} {self.label}: epoch {rep.epoch}/{cfg.epochs} {_accuracies(rep.metrics)}{took}")
 
     def ended(self, claim: Any, status: str, message: str) -> None:
         # A failure's message already names the job.
@@ -78,7 +80,7 @@ class Lines:
         status = "handed back" if status == "released" else status
         self._say(f"{status} {key[:10]} {what} [{self.count.text()}]")
 
-    def __enter__(self) -> "Lines":
+    def __enter__(self) -> Lines:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -89,12 +91,24 @@ class Live:
     """A rich progress display: the jobs bar with its ETA, and the current job's epoch."""
 
     def __init__(self, total: int, console: Console) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, transient=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         self.jobs = self.progress.add_task("jobs", total=total or None)
         self.job = self.progress.add_task("", total=1, visible=False)
         self.label = ""
@@ -102,21 +116,25 @@ class Live:
     def events(self) -> Any:
         from invssl.runner import WorkerEvents
 
-        return WorkerEvents(job_started=self.started, step=self.step, epoch=self.epoch,
-                            job_ended=self.ended)
+        return WorkerEvents(job_started=self.started, step=self.step, epoch=self.epoch, job_ended=self.ended)
 
     def started(self, claim: Any, cfg: Any) -> None:
         self.label = cfg.label()
-        self.progress.reset(self.job, total=None, visible=True,
-                            description=f"  {cfg.label()} epoch {claim.epochs_done + 1}/{cfg.epochs}")
+        self.progress.reset(
+            self.job,
+            total=None,
+            visible=True,
+            description=f"  {cfg.label()} epoch {claim.epochs_done + 1}/{cfg.epochs}",
+        )
 
     def step(self, step: int, total: int) -> None:
         self.progress.update(self.job, completed=step, total=total)
 
     def epoch(self, cfg: Any, rep: Any) -> None:
         nxt = min(rep.epoch + 1, cfg.epochs)
-        self.progress.update(self.job, description=f"  {cfg.label()} epoch {nxt}/{cfg.epochs} "
-                                                   f"({_accuracies(rep.metrics)})")
+        self.progress.update(
+            self.job, description=f"  {cfg.label()} epoch {nxt}/{cfg.epochs} ({_accuracies(rep.metrics)})"
+        )
 
     def ended(self, claim: Any, status: str, message: str) -> None:
         # A failure's message already names the job.
@@ -127,10 +145,9 @@ class Live:
             self.progress.advance(self.jobs)
         style = {"done": "green", "failed": "red"}.get(status, "yellow")
         shown = "handed back" if status == "released" else status
-        self.progress.console.print(f"[{style}]{shown}[/] {key[:10]} {what}", highlight=False,
-                                    markup=True)
+        self.progress.console.print(f"[{style}]{shown}[/] {key[:10]} {what}", highlight=False, markup=True)
 
-    def __enter__(self) -> "Live":
+    def __enter__(self) -> Live:
         self.progress.start()
         return self
 
@@ -167,14 +184,5 @@ class ChildJobs:
             if job["status"] == "failed":
                 what = job["error"] or ""
             else:
-                what = f"{_label(job['config'])}: {_accuracies(job['result'] or {})}"
+                what = f"{job_label(job['config'] or {})}: {_accuracies(job['result'] or {})}"
             self.show.job_line(job["status"], job["key"], what)
-
-
-def _label(config: dict[str, Any]) -> str:
-    from invssl.config import JobConfig
-
-    try:
-        return JobConfig(**config).label()
-    except Exception:  # a config this version no longer accepts is still reported
-        return str(config.get("topology", "?"))

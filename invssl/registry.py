@@ -35,9 +35,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name.lower()][1]
         except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}"
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}") from None
 
     def canonical(self, name: str) -> str:
         self.get(name)

@@ -12,7 +12,6 @@ refused, naming the field.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -20,15 +19,40 @@ from typing import Any, Optional
 import pandas as pd
 
 from invssl.errors import ConfigError, UnknownNameError
-from invssl.frames import (NoResultsError, epochs_frame, fmt_weight, load_epochs, load_jobs,
-                           order_key, parse_where, require, weight_label)
+from invssl.frames import (
+    NoResultsError,
+    epochs_frame,
+    fmt_weight,
+    load_epochs,
+    load_jobs,
+    order_key,
+    parse_where,
+    require,
+    weight_label,
+)
 from invssl.pivot import pivot, pivot_long
 from invssl.report_render import FORMATS, PUBLISHED_MARK, render, render_report, rich_table
-from invssl.selection import MISSING, PM, cell_text, finished, select, usable
+from invssl.selection import MISSING, PM, at_best_validation, cell_text, finished, select, usable
 
-__all__ = ["NoResultsError", "load_jobs", "load_epochs", "epochs_frame", "parse_where",
-           "weight_label", "render", "rich_table", "FORMATS", "PUBLISHED_MARK", "Report", "build",
-           "mnist_table", "mnist_cells", "bird10_table", "pivot", "table"]
+__all__ = [
+    "NoResultsError",
+    "load_jobs",
+    "load_epochs",
+    "epochs_frame",
+    "parse_where",
+    "weight_label",
+    "render",
+    "rich_table",
+    "FORMATS",
+    "PUBLISHED_MARK",
+    "Report",
+    "build",
+    "mnist_table",
+    "mnist_cells",
+    "bird10_table",
+    "pivot",
+    "table",
+]
 
 TABLES: tuple[str, ...] = ("mnist", "bird10")
 
@@ -38,7 +62,7 @@ PAPER_TOPOLOGIES: tuple[str, ...] = (
     "LargeCNNmean", "LargeCNNmax", "LargeUCNN",
     "Resnet2-32mean", "Resnet2-32max", "UResnet2-32",
     "Resnet3-16mean", "Resnet3-16max", "UResnet3-16",
-)
+)  # fmt: skip
 SSL_LABELS: tuple[int, ...] = (50, 100)
 SUP_LABELS: tuple[int, ...] = (1000,)
 
@@ -69,8 +93,10 @@ def _mnist_jobs(jobs: pd.DataFrame, dataset: Optional[str]) -> tuple[pd.DataFram
         present = list(dict.fromkeys(jobs["dataset"].dropna().astype(str)))
         if "mnist" not in present:
             # Table 2 is an MNIST table: another dataset is shown only when asked for by name.
-            raise NoResultsError(f"no finished MNIST job; the results hold: {', '.join(present) or 'none'}"
-                                 " (choose one with --dataset)")
+            raise NoResultsError(
+                f"no finished MNIST job; the results hold: {', '.join(present) or 'none'}: choose one of them",
+                option="dataset",
+            )
         dataset = "mnist"
     return _of_dataset(jobs, dataset), dataset
 
@@ -116,26 +142,50 @@ def mnist_cells(jobs: pd.DataFrame, dataset: Optional[str] = None) -> pd.DataFra
     (the selection criterion, %), candidates (configurations compared), job_ids.
     """
     jobs, _ = _mnist_jobs(jobs, dataset)
-    columns = ["topology", "column", "n_labeled", "supervised", "alpha", "beta", "lr", "mean",
-               "std", "n", "collapsed", "val_mean", "candidates", "job_ids"]
+    columns = [
+        "topology",
+        "column",
+        "n_labeled",
+        "supervised",
+        "alpha",
+        "beta",
+        "lr",
+        "mean",
+        "std",
+        "n",
+        "collapsed",
+        "val_mean",
+        "candidates",
+        "job_ids",
+    ]
     records = []
     if not jobs.empty:
         for topology, col, n_l, supervised, sel in _mnist_selections(jobs):
             if not usable(sel):
                 continue
             assert sel is not None
-            records.append({
-                "topology": topology, "column": col, "n_labeled": n_l, "supervised": supervised,
-                "alpha": sel["alpha"], "beta": sel["beta"], "lr": sel["lr"], "mean": sel["mean"],
-                "std": sel["std"], "n": sel["n"], "collapsed": sel["collapsed"],
-                "val_mean": sel["select"] * 100, "candidates": sel["candidates"],
-                "job_ids": sel["job_ids"],
-            })
+            records.append(
+                {
+                    "topology": topology,
+                    "column": col,
+                    "n_labeled": n_l,
+                    "supervised": supervised,
+                    "alpha": sel["alpha"],
+                    "beta": sel["beta"],
+                    "lr": sel["lr"],
+                    "mean": sel["mean"],
+                    "std": sel["std"],
+                    "n": sel["n"],
+                    "collapsed": sel["collapsed"],
+                    "val_mean": sel["select"] * 100,
+                    "candidates": sel["candidates"],
+                    "job_ids": sel["job_ids"],
+                }
+            )
     return pd.DataFrame(records, columns=columns)
 
 
-def mnist_table(jobs: pd.DataFrame, compare: Optional[str] = None,
-                dataset: Optional[str] = None) -> pd.DataFrame:
+def mnist_table(jobs: pd.DataFrame, compare: Optional[str] = None, dataset: Optional[str] = None) -> pd.DataFrame:
     """The paper's Table 2: topologies (rows, paper order) by label count (columns).
 
     Semi-supervised columns ``N_L=50``, ``N_L=100`` (and any other label count trained with
@@ -169,7 +219,8 @@ def mnist_table(jobs: pd.DataFrame, compare: Optional[str] = None,
     table.attrs["title"] = (
         f"Table 2: {what}test accuracy (%), mean {PM} std over seeds, (alpha, beta) chosen per "
         f"cell by mean validation accuracy, n = seeds finished; Sup = alpha 1 (supervised only)"
-        + (f"; rows marked {PUBLISHED_MARK} are published figures" if compare == "paper" else ""))
+        + (f"; rows marked {PUBLISHED_MARK} are published figures" if compare == "paper" else "")
+    )
     return table
 
 
@@ -180,34 +231,28 @@ def _mnist_long(jobs: pd.DataFrame, compare: Optional[str], dataset: Optional[st
     cells.insert(0, "source", "measured")
     cells.insert(cells.columns.get_loc("mean"), "metric", "test_acc")
     if compare == "paper":
-        published = pd.DataFrame([{"source": "published", "topology": name, "column": f"N_L={n_l}",
-                                   "n_labeled": n_l, "supervised": False, "metric": "test_acc",
-                                   "mean": acc / 100.0} for name, n_l, acc in PUBLISHED])
+        published = pd.DataFrame(
+            [
+                {
+                    "source": "published",
+                    "topology": name,
+                    "column": f"N_L={n_l}",
+                    "n_labeled": n_l,
+                    "supervised": False,
+                    "metric": "test_acc",
+                    "mean": acc / 100.0,
+                }
+                for name, n_l, acc in PUBLISHED
+            ]
+        )
         cells = pd.concat([cells, published], ignore_index=True)
     return cells
 
 
 # ------------------------------------------------------------------------ the 1-D experiment
-def at_best_validation(epochs: pd.DataFrame, metric: str, last: int) -> pd.DataFrame:
-    """Per job_id: ``metric`` and ``val_acc`` at the epoch with the best validation accuracy
-    among that job's last ``last`` epochs (ties: the later epoch); a job without validation
-    scores its last epoch. Columns ``score`` and ``val``, indexed by job_id."""
-    if last < 1:
-        raise ConfigError(f"last must be at least 1, got {last}")
-    if epochs.empty or metric not in epochs.columns:
-        return pd.DataFrame({"score": [], "val": []}, dtype=float)
-    ep = epochs.dropna(subset=[metric]).copy()
-    if "val_acc" not in ep.columns:
-        ep["val_acc"] = math.nan
-    top = ep.groupby("job_id")["epoch"].transform("max")
-    ep = ep[ep["epoch"] > top - last]
-    ep["_rank"] = ep["val_acc"].fillna(-math.inf)
-    best = ep.sort_values(["job_id", "_rank", "epoch"]).groupby("job_id").tail(1).set_index("job_id")
-    return pd.DataFrame({"score": best[metric], "val": best["val_acc"]})
-
-
-def _bird10_selections(jobs: pd.DataFrame, epochs: pd.DataFrame, last: int,
-                       metric: str) -> tuple[list[Any], list[str], list[tuple[Any, str, Optional[dict]]]]:
+def _bird10_selections(
+    jobs: pd.DataFrame, epochs: pd.DataFrame, last: int, metric: str
+) -> tuple[list[Any], list[str], list[tuple[Any, str, Optional[dict]]]]:
     require(jobs, ("alpha", "dataset", "group", "id"), "bird10 table")
     if metric not in ("test_acc", "val_acc"):
         raise UnknownNameError(f"unknown metric {metric!r} for the bird10 table; valid: test_acc, val_acc")
@@ -217,13 +262,15 @@ def _bird10_selections(jobs: pd.DataFrame, epochs: pd.DataFrame, last: int,
     jobs["_val"] = jobs["id"].map(chosen["val"])
     alphas = sorted(dict.fromkeys(jobs["alpha"]), key=order_key)
     datasets = list(dict.fromkeys(jobs["dataset"]))
-    cells = [(a, ds, select(jobs[(jobs["alpha"] == a) & (jobs["dataset"] == ds)], "_val", "_score"))
-             for a in alphas for ds in datasets]
+    cells = [
+        (a, ds, select(jobs[(jobs["alpha"] == a) & (jobs["dataset"] == ds)], "_val", "_score"))
+        for a in alphas
+        for ds in datasets
+    ]
     return alphas, datasets, cells
 
 
-def bird10_table(jobs: pd.DataFrame, epochs: pd.DataFrame, last: int = 5,
-                 metric: str = "test_acc") -> pd.DataFrame:
+def bird10_table(jobs: pd.DataFrame, epochs: pd.DataFrame, last: int = 5, metric: str = "test_acc") -> pd.DataFrame:
     """The 1-D experiment's layout: alpha (rows) by dataset (columns).
 
     Each job scores ``metric`` at its epoch of best validation accuracy among its last ``last``
@@ -233,30 +280,47 @@ def bird10_table(jobs: pd.DataFrame, epochs: pd.DataFrame, last: int = 5,
     ``[best of K configs by validation: beta B]``.
     """
     alphas, datasets, cells = _bird10_selections(jobs, epochs, last, metric)
-    table = pd.DataFrame(MISSING, index=pd.Index([fmt_weight(a) for a in alphas], name="alpha"),
-                         columns=datasets, dtype=object)
+    table = pd.DataFrame(
+        MISSING, index=pd.Index([fmt_weight(a) for a in alphas], name="alpha"), columns=datasets, dtype=object
+    )
     for alpha, ds, sel in cells:
         text = cell_text(sel, with_weights=False)
         if usable(sel) and sel is not None and sel["candidates"] > 1:
-            text += (f" [best of {sel['candidates']} configs by validation: "
-                     f"beta {fmt_weight(sel['beta'])}]")
+            text += f" [best of {sel['candidates']} configs by validation: beta {fmt_weight(sel['beta'])}]"
         table.loc[fmt_weight(alpha), ds] = text
     table = table.reset_index()
     what = "validation" if metric == "val_acc" else "test"
-    table.attrs["title"] = (f"Accuracy against alpha: {what} accuracy (%) at each job's epoch of best "
-                            f"validation accuracy among its last {last} epochs, mean {PM} std over seeds, "
-                            "n = seeds finished")
+    table.attrs["title"] = (
+        f"Accuracy against alpha: {what} accuracy (%) at each job's epoch of best "
+        f"validation accuracy among its last {last} epochs, mean {PM} std over seeds, "
+        "n = seeds finished"
+    )
     return table
 
 
 def _bird10_long(jobs: pd.DataFrame, epochs: pd.DataFrame, last: int) -> pd.DataFrame:
     _, _, cells = _bird10_selections(jobs, epochs, last, "test_acc")
-    records = [{"alpha": a, "dataset": ds, "beta": sel["beta"], "lr": sel["lr"], "metric": "test_acc",
-                "mean": sel["mean"] / 100, "std": sel["std"] / 100, "n": sel["n"],
-                "collapsed": sel["collapsed"], "candidates": sel["candidates"], "job_ids": sel["job_ids"]}
-               for a, ds, sel in cells if usable(sel) and sel is not None]
-    return pd.DataFrame(records, columns=["alpha", "dataset", "beta", "lr", "metric", "mean", "std",
-                                          "n", "collapsed", "candidates", "job_ids"])
+    records = [
+        {
+            "alpha": a,
+            "dataset": ds,
+            "beta": sel["beta"],
+            "lr": sel["lr"],
+            "metric": "test_acc",
+            "mean": sel["mean"] / 100,
+            "std": sel["std"] / 100,
+            "n": sel["n"],
+            "collapsed": sel["collapsed"],
+            "candidates": sel["candidates"],
+            "job_ids": sel["job_ids"],
+        }
+        for a, ds, sel in cells
+        if usable(sel) and sel is not None
+    ]
+    return pd.DataFrame(
+        records,
+        columns=["alpha", "dataset", "beta", "lr", "metric", "mean", "std", "n", "collapsed", "candidates", "job_ids"],
+    )
 
 
 # ------------------------------------------------------------------------ one entry point
@@ -272,23 +336,38 @@ class Report:
         return render_report(self.table, self.cells, fmt)
 
 
-def table(name: str, jobs: pd.DataFrame, epochs: Optional[pd.DataFrame] = None, *,
-          compare: Optional[str] = None, dataset: Optional[str] = None, last: int = 5) -> pd.DataFrame:
+def table(
+    name: str,
+    jobs: pd.DataFrame,
+    epochs: Optional[pd.DataFrame] = None,
+    *,
+    compare: Optional[str] = None,
+    dataset: Optional[str] = None,
+    last: int = 5,
+) -> pd.DataFrame:
     """A named table: ``mnist`` or ``bird10`` (which needs the per-epoch frame)."""
     return build(name, jobs, epochs, compare=compare, dataset=dataset, last=last).table
 
 
-def build(name: Optional[str], jobs: pd.DataFrame, epochs: Optional[pd.DataFrame] = None, *,
-          compare: Optional[str] = None, dataset: Optional[str] = None, last: int = 5,
-          rows: Sequence[str] = (), cols: Optional[Sequence[str]] = None, value: str = "test_acc",
-          where: Optional[Mapping[str, Any]] = None) -> Report:
+def build(
+    name: Optional[str],
+    jobs: pd.DataFrame,
+    epochs: Optional[pd.DataFrame] = None,
+    *,
+    compare: Optional[str] = None,
+    dataset: Optional[str] = None,
+    last: int = 5,
+    rows: Sequence[str] = (),
+    cols: Optional[Sequence[str]] = None,
+    value: str = "test_acc",
+    where: Optional[Mapping[str, Any]] = None,
+) -> Report:
     """The named table (``mnist``, ``bird10``) or, with ``name`` None, the pivot over ``rows``."""
     if name == "mnist":
-        return Report(mnist_table(jobs, compare=compare, dataset=dataset),
-                      _mnist_long(jobs, compare, dataset))
+        return Report(mnist_table(jobs, compare=compare, dataset=dataset), _mnist_long(jobs, compare, dataset))
     if name == "bird10":
         if compare is not None:
-            raise ConfigError("--compare applies to the mnist table only")
+            raise ConfigError("the comparison with the paper applies to the mnist table only")
         if dataset is not None:
             jobs = _of_dataset(jobs, dataset)
         ep = epochs if epochs is not None else pd.DataFrame()
@@ -297,6 +376,17 @@ def build(name: Optional[str], jobs: pd.DataFrame, epochs: Optional[pd.DataFrame
         conditions = dict(where or {})
         if dataset is not None:
             conditions.setdefault("dataset", dataset)
-        return Report(pivot(jobs, rows, cols, value=value, where=conditions),
-                      pivot_long(jobs, rows, cols, value, conditions))
+        return Report(
+            pivot(jobs, rows, cols, value=value, where=conditions), pivot_long(jobs, rows, cols, value, conditions)
+        )
     raise UnknownNameError(f"unknown table {name!r}; valid: {', '.join(TABLES)}")
+
+
+def from_database(db: Optional[str], name: Optional[str], *, sweep: Optional[str] = None, **options: Any) -> Report:
+    """``build`` over the finished jobs (of ``sweep``, if given) in the results database ``db``."""
+    from invssl.db import reads
+
+    with reads.reading(db) as engine:
+        jobs = load_jobs(engine, sweep)
+        epochs = load_epochs(engine, jobs["id"]) if name == "bird10" else None
+    return build(name, jobs, epochs, **options)

@@ -23,8 +23,9 @@ PUBLISHED_MARK = "[published]"
 
 def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = [str(c) for c in df.columns]
-    body = [["" if (not isinstance(v, str) and pd.isna(v)) else str(v) for v in row]
-            for row in df.itertuples(index=False)]
+    body = [
+        ["" if (not isinstance(v, str) and pd.isna(v)) else str(v) for v in row] for row in df.itertuples(index=False)
+    ]
     return header, body
 
 
@@ -60,9 +61,19 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 _LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"\textless{}", ">": r"\textgreater{}", PM: r"$\pm$",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    PM: r"$\pm$",
 }
 
 
@@ -109,12 +120,9 @@ def render(df: pd.DataFrame, fmt: str = "terminal") -> str:
             buf.write(df.attrs["title"] + "\n")
         bare = df.copy()
         bare.attrs = {}
-        Console(file=buf, width=1000, color_system=None, force_terminal=False,
-                highlight=False).print(rich_table(bare))
+        Console(file=buf, width=1000, color_system=None, force_terminal=False, highlight=False).print(rich_table(bare))
         return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
     raise UnknownNameError(f"unknown format {fmt!r}; valid: terminal, markdown, latex, csv")
-
-
 
 
 def _plain(value: Any) -> Any:
@@ -137,9 +145,11 @@ def render_report(table: pd.DataFrame, cells: pd.DataFrame, fmt: str) -> str:
         flat = cells.copy()
         if "job_ids" in flat:
             flat["job_ids"] = flat["job_ids"].map(
-                lambda ids: " ".join(str(i) for i in ids) if isinstance(ids, list) else "")
+                lambda ids: " ".join(str(i) for i in ids) if isinstance(ids, list) else ""
+            )
         return flat.to_csv(index=False)
     if fmt == "json":
-        return json.dumps({"title": table.attrs.get("title"), "cells": cells_records(cells)},
-                          indent=2, default=str) + "\n"
+        return (
+            json.dumps({"title": table.attrs.get("title"), "cells": cells_records(cells)}, indent=2, default=str) + "\n"
+        )
     return render(table, fmt)

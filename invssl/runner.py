@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,23 +24,27 @@ from typing import Any, Optional
 import torch
 
 from invssl import __version__
-from invssl.config import JobConfig, load_experiment
-from invssl.db import queue
-from invssl.db.session import open_engine, resolve_url
-from invssl.errors import DatabaseLost, InvsslError, JobError
-from invssl.train import EpochReport, Prepared, resolve_device, train
-
-HEARTBEAT_S = 10.0
-# A running job whose heartbeat is older than this is presumed dead and goes back to the queue.
-STALE_AFTER_S = 120.0
+from invssl.config import Experiment, JobConfig, load_experiment
+from invssl.db import queue, reads
+from invssl.db.session import mask_url, open_engine, resolve_url
+from invssl.defaults import HEARTBEAT_S, STALE_AFTER_S
+from invssl.devices import device_name, resolve_device
+from invssl.errors import DatabaseLost, InvsslError
+from invssl.train import EpochReport, Prepared, train
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     """What produced a result: versions, device, host and the invssl checkout's commit."""
     env: dict[str, Any] = {
-        "invssl": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "platform": platform.platform(), "host": socket.gethostname(),
-        "device": str(device), "threads": torch.get_num_threads(),
+        "invssl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
     }
     for pkg in ("torchvision", "numpy"):
         try:
@@ -49,10 +52,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         except PackageNotFoundError:
             env[pkg] = None
     if device.type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(device)
         env["cudnn"] = torch.backends.cudnn.version()
-    else:
-        env["device_name"] = platform.processor() or platform.machine()
     env["git_commit"] = _git_commit()
     return env
 
@@ -60,8 +60,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 def _git_commit() -> Optional[str]:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -85,8 +84,7 @@ def _pid_alive(pid: int) -> bool:
 
 def reap(engine: Any, stale_after_s: float = STALE_AFTER_S) -> list[int]:
     """Return jobs of dead workers to the queue (stale heartbeat, or a dead pid on this host)."""
-    return queue.reap(engine, stale_after_s=stale_after_s, host=socket.gethostname(),
-                      alive=_pid_alive)
+    return queue.reap(engine, stale_after_s=stale_after_s, host=socket.gethostname(), alive=_pid_alive)
 
 
 @dataclass
@@ -107,6 +105,10 @@ class WorkerSummary:
     lost: int = 0
     failures: list[str] = field(default_factory=list)
     stopped_by: Optional[int] = None  # SIGINT or SIGTERM, if a signal ended the run
+
+    def line(self) -> str:
+        """How the worker ended, for the last line of its output."""
+        return f"worker: {self.done} done, {self.failed} failed, {self.released} handed back"
 
 
 class StopFlag:
@@ -172,10 +174,17 @@ class _Heartbeat(threading.Thread):
 
 
 class Worker:
-    def __init__(self, db_url: Optional[str] = None, *, device: Optional[str] = None,
-                 data_root: Optional[str] = None, heartbeat_s: float = HEARTBEAT_S,
-                 stale_after_s: float = STALE_AFTER_S, events: Optional[WorkerEvents] = None,
-                 engine: Any = None) -> None:
+    def __init__(
+        self,
+        db_url: Optional[str] = None,
+        *,
+        device: Optional[str] = None,
+        data_root: Optional[str] = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_after_s: float = STALE_AFTER_S,
+        events: Optional[WorkerEvents] = None,
+        engine: Any = None,
+    ) -> None:
         self.engine = engine if engine is not None else open_engine(resolve_url(db_url), upgrade=True)
         self.device = device
         self.data_root = data_root
@@ -185,8 +194,7 @@ class Worker:
         self.stop = StopFlag()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, *, sweep_id: Optional[int] = None, forever: bool = False,
-            poll_s: float = 5.0) -> WorkerSummary:
+    def run(self, *, sweep_id: Optional[int] = None, forever: bool = False, poll_s: float = 5.0) -> WorkerSummary:
         """Run jobs until none is left (or a signal); ``stopped_by`` says which signal."""
         summary = WorkerSummary()
         with self.stop.on_signals():
@@ -197,13 +205,13 @@ class Worker:
         summary.stopped_by = self.stop.signal
         return summary
 
-    def _loop(self, summary: WorkerSummary, sweep_id: Optional[int], forever: bool,
-              poll_s: float) -> None:
+    def _loop(self, summary: WorkerSummary, sweep_id: Optional[int], forever: bool, poll_s: float) -> None:
         # Jobs of workers that died (here or on another machine) are work too.
         reap(self.engine, self.stale_after_s)
         while not self.stop():
-            claim = queue.claim(self.engine, worker=self.name, host=socket.gethostname(),
-                                pid=os.getpid(), sweep_id=sweep_id)
+            claim = queue.claim(
+                self.engine, worker=self.name, host=socket.gethostname(), pid=os.getpid(), sweep_id=sweep_id
+            )
             if claim is None:
                 # A worker of this sweep may have died meanwhile: its job is the work left.
                 if reap(self.engine, self.stale_after_s):
@@ -239,8 +247,12 @@ class Worker:
                 self.events.epoch(config, rep)
 
             metrics, partial = train(
-                config, device=device, checkpoint=stored[1] if stored else None,
-                on_epoch=on_epoch, on_step=self.events.step, on_prepared=on_prepared,
+                config,
+                device=device,
+                checkpoint=stored[1] if stored else None,
+                on_epoch=on_epoch,
+                on_step=self.events.step,
+                on_prepared=on_prepared,
                 should_stop=lambda: self.stop() or beat.lost.is_set() or beat.gone is not None,
             )
             if beat.gone is not None:
@@ -262,8 +274,10 @@ class Worker:
             self._hand_back(claim)
             raise
         except torch.cuda.OutOfMemoryError:
-            outcome = self._fail(claim, f"{config.label()}: CUDA out of memory (try a smaller "
-                                        "batch, bf16 precision, or fewer jobs per GPU)")
+            outcome = self._fail(
+                claim,
+                f"{config.label()}: CUDA out of memory (try a smaller batch, bf16 precision, or fewer jobs per GPU)",
+            )
         except (InvsslError, ValueError) as exc:
             outcome = self._fail(claim, f"{config.label()}: {exc}")
         except Exception as exc:  # a bug or a broken environment: the sweep goes on
@@ -303,19 +317,28 @@ class Plan:
     by_group: dict[tuple[str, int], tuple[int, int]]  # (topology, n_labeled) -> (jobs, done)
     jobs: list[JobConfig]
     done_keys: set[str] = field(default_factory=set)  # keys of the jobs already done
+    where: str = ""  # the database compared with, as printed
 
 
 def plan(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[str] = ()) -> Plan:
     """Expand the experiment and compare with the database without writing anything."""
     experiment, jobs = load_experiment(path, overrides)
-    done_keys = queue.done_keys_readonly(resolve_url(db_url), [j.key for j in jobs])
+    url = resolve_url(db_url)
+    done_keys = reads.done_keys_readonly(url, [j.key for j in jobs])
     groups: dict[tuple[str, int], list[int]] = {}
     for job in jobs:
         g = groups.setdefault((job.topology, job.n_labeled), [0, 0])
         g[0] += 1
         g[1] += job.key in done_keys
-    return Plan(experiment.name, len(jobs), sum(j.key in done_keys for j in jobs),
-                {k: (v[0], v[1]) for k, v in groups.items()}, jobs, set(done_keys))
+    return Plan(
+        experiment.name,
+        len(jobs),
+        sum(j.key in done_keys for j in jobs),
+        {k: (v[0], v[1]) for k, v in groups.items()},
+        jobs,
+        set(done_keys),
+        mask_url(url),
+    )
 
 
 @dataclass
@@ -332,28 +355,13 @@ def enqueue(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[
     experiment, jobs = load_experiment(path, overrides)
     engine = open_engine(resolve_url(db_url), upgrade=True)
     try:
-        sweep_id = queue.ensure_sweep(engine, experiment.name, experiment.model_dump(mode="json"))
-        new, existing = queue.enqueue(engine, sweep_id, [(j.key, j.model_dump(mode="json")) for j in jobs])
+        return enqueue_jobs(engine, experiment, jobs)
     finally:
         engine.dispose()
+
+
+def enqueue_jobs(engine: Any, experiment: Experiment, jobs: Sequence[JobConfig]) -> Enqueued:
+    """The experiment's sweep, created or updated, with ``jobs`` (its expansion) in the queue."""
+    sweep_id = queue.ensure_sweep(engine, experiment.name, experiment.model_dump(mode="json"))
+    new, existing = queue.enqueue(engine, sweep_id, [(j.key, j.model_dump(mode="json")) for j in jobs])
     return Enqueued(sweep_id, experiment.name, new, existing, [j.key for j in jobs])
-
-
-def sweep_counts(engine: Any, sweep: str) -> Counter[str]:
-    return Counter(queue.status_counts(engine, sweep=sweep))
-
-
-def default_devices() -> list[str]:
-    """One worker per GPU on a multi-GPU machine; otherwise the one auto-chosen device."""
-    if torch.cuda.is_available():
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return []
-
-
-def check_device(name: Optional[str]) -> None:
-    """Fail before anything is written when the requested device cannot be used here."""
-    if name:
-        try:
-            resolve_device(name)
-        except JobError as exc:
-            raise InvsslError(str(exc)) from None

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from invssl.errors import ConfigError
 from invssl.frames import fmt_weight, order_key
 
 MISSING = "-"
@@ -33,8 +34,7 @@ def collapsed_count(jobs: pd.DataFrame) -> int:
     return int(pd.to_numeric(jobs["collapsed"], errors="coerce").fillna(0).astype(bool).sum())
 
 
-def select(candidates: pd.DataFrame, select_by: str, value: str,
-           scale: float = 100.0) -> Optional[dict[str, Any]]:
+def select(candidates: pd.DataFrame, select_by: str, value: str, scale: float = 100.0) -> Optional[dict[str, Any]]:
     """The configuration group with the best mean ``select_by`` over its seeds.
 
     Returns its statistics: mean/std/n of ``value`` (times ``scale``: fractions in %), the mean of
@@ -49,18 +49,35 @@ def select(candidates: pd.DataFrame, select_by: str, value: str,
     for gid, g in candidates.groupby("group", sort=False):
         sel_mean, _, sel_n = stats(g[select_by]) if select_by in g else (math.nan, math.nan, 0)
         mean, std, n = stats(g[value])
-        groups.append({"group": gid, "alpha": g["alpha"].iloc[0] if "alpha" in g else None,
-                       "beta": g["beta"].iloc[0] if "beta" in g else None,
-                       "lr": g["lr"].iloc[0] if "lr" in g else None, "collapsed": collapsed_count(g),
-                       "select": sel_mean, "select_n": sel_n,
-                       "mean": mean * scale, "std": std * scale, "n": n, "job_ids": list(g["id"])})
+        groups.append(
+            {
+                "group": gid,
+                "alpha": g["alpha"].iloc[0] if "alpha" in g else None,
+                "beta": g["beta"].iloc[0] if "beta" in g else None,
+                "lr": g["lr"].iloc[0] if "lr" in g else None,
+                "collapsed": collapsed_count(g),
+                "select": sel_mean,
+                "select_n": sel_n,
+                "mean": mean * scale,
+                "std": std * scale,
+                "n": n,
+                "job_ids": list(g["id"]),
+            }
+        )
     scored = [g for g in groups if not math.isnan(g["select"])]
     if not scored:
         if len(groups) > 1:
             return {"unselected": True, "candidates": len(groups)}
         scored = groups
-    scored.sort(key=lambda g: (-(g["select"] if not math.isnan(g["select"]) else 0.0), -g["n"],
-                               order_key(g["alpha"]), order_key(g["beta"]), g["group"]))
+    scored.sort(
+        key=lambda g: (
+            -(g["select"] if not math.isnan(g["select"]) else 0.0),
+            -g["n"],
+            order_key(g["alpha"]),
+            order_key(g["beta"]),
+            g["group"],
+        )
+    )
     best = dict(scored[0])
     best["candidates"] = len(groups)
     # The rate is named only where the cell chose among several (a tuned baseline says so).
@@ -103,3 +120,21 @@ def finished(df: pd.DataFrame) -> pd.DataFrame:
 
 def is_fraction(metric: str) -> bool:
     return metric.endswith("_acc") or metric.endswith("_acc_recording")
+
+
+def at_best_validation(epochs: pd.DataFrame, metric: str, last: int) -> pd.DataFrame:
+    """Per job_id: ``metric`` and ``val_acc`` at the epoch with the best validation accuracy
+    among that job's last ``last`` epochs (ties: the later epoch); a job without validation
+    scores its last epoch. Columns ``score`` and ``val``, indexed by job_id."""
+    if last < 1:
+        raise ConfigError(f"last must be at least 1, got {last}")
+    if epochs.empty or metric not in epochs.columns:
+        return pd.DataFrame({"score": [], "val": []}, dtype=float)
+    ep = epochs.dropna(subset=[metric]).copy()
+    if "val_acc" not in ep.columns:
+        ep["val_acc"] = math.nan
+    top = ep.groupby("job_id")["epoch"].transform("max")
+    ep = ep[ep["epoch"] > top - last]
+    ep["_rank"] = ep["val_acc"].fillna(-math.inf)
+    best = ep.sort_values(["job_id", "_rank", "epoch"]).groupby("job_id").tail(1).set_index("job_id")
+    return pd.DataFrame({"score": best[metric], "val": best["val_acc"]})

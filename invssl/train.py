@@ -8,12 +8,9 @@ checkpoint carries all of that state, so a resumed job continues exactly where i
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import math
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +23,7 @@ from torch import Tensor, nn
 from invssl import data as datasets
 from invssl import models
 from invssl.config import JobConfig
+from invssl.devices import resolve_device, tune_cpu_allocator
 from invssl.errors import JobError
 from invssl.evaluation import evaluate
 from invssl.inversion import ssl_loss
@@ -35,58 +33,6 @@ from invssl.schedules import make_schedule
 # Loss values are checked for NaN/inf every this many steps; each check synchronises the device.
 CHECK_EVERY = 50
 LOSS_TERMS = ("loss", "ce", "recon", "entropy")
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_allocator_tuned = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Let glibc keep freed memory for reuse instead of returning it to the OS (CPU training).
-
-    By default glibc serves large blocks (a batch's activation maps: megabytes) by ``mmap`` and
-    unmaps them on free, and trims the heap whenever its free top grows past a threshold, so
-    every training step receives fresh pages from the kernel and pays a page fault per 4 KiB on
-    first touch. The semi-supervised step allocates about twice what a supervised one does (the
-    backward's own graph), so it pays twice. Serving every block from the heap and never trimming
-    it makes a step reuse the previous step's pages (bench/step_cost.py, --malloc). The process
-    keeps its peak footprint, which a training process reaches every step anyway.
-
-    Process-wide, idempotent; a no-op off Linux/glibc or with ``INVSSL_MALLOC=default``.
-    Returns whether the setting is in force.
-    """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
-    if os.environ.get("INVSSL_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # musl or another libc: leave it alone
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # No mmap at all: activation maps of the large nets exceed glibc's largest mmap threshold
-    # (32 MiB), so raising the threshold would leave exactly the biggest blocks page-faulting.
-    _allocator_tuned = bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _allocator_tuned
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA if present, else Apple MPS, else CPU."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError as exc:
-            raise JobError(f"unknown device {name!r}: {exc}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise JobError(f"device {name!r} requested but CUDA is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -106,32 +52,48 @@ class Prepared:
 
 
 @lru_cache(maxsize=2)
-def _load_dataset(name: str, root: Optional[str], download: bool, params: str,
-                  scaling: str) -> datasets.Dataset:
+def _load_dataset(name: str, root: Optional[str], download: bool, params: str, scaling: str) -> datasets.Dataset:
     # Jobs of one sweep share their dataset: load and scale it once per process.
     ds = datasets.load(name, root=root, download=download, **json.loads(params))
     if scaling == "standardize":
         return ds
-    return replace(ds, x_train=datasets.scale_inputs(ds.x_train, ds.norm, scaling),
-                   x_test=datasets.scale_inputs(ds.x_test, ds.norm, scaling))
+    return replace(
+        ds,
+        x_train=datasets.scale_inputs(ds.x_train, ds.norm, scaling),
+        x_test=datasets.scale_inputs(ds.x_test, ds.norm, scaling),
+    )
 
 
 def prepare(config: JobConfig, device: torch.device) -> Prepared:
-    ds = _load_dataset(config.dataset, config.data_root, config.download,
-                       json.dumps(config.data_params, sort_keys=True), config.input_scaling)
-    split = datasets.make_split(ds.y_train.numpy(), config.n_labeled, config.seed,
-                                n_val=config.val_size,
-                                groups=None if ds.groups_train is None else ds.groups_train.numpy())
+    ds = _load_dataset(
+        config.dataset,
+        config.data_root,
+        config.download,
+        json.dumps(config.data_params, sort_keys=True),
+        config.input_scaling,
+    )
+    split = datasets.make_split(
+        ds.y_train.numpy(),
+        config.n_labeled,
+        config.seed,
+        n_val=config.val_size,
+        groups=None if ds.groups_train is None else ds.groups_train.numpy(),
+    )
 
     def take(t: Tensor, idx: Any) -> Tensor:
         return t[torch.as_tensor(idx, dtype=torch.long)].to(device)
 
     return Prepared(
-        x_lab=take(ds.x_train, split.labeled), y_lab=take(ds.y_train, split.labeled),
+        x_lab=take(ds.x_train, split.labeled),
+        y_lab=take(ds.y_train, split.labeled),
         x_unl=take(ds.x_train, split.unlabeled),
-        x_val=take(ds.x_train, split.validation), y_val=take(ds.y_train, split.validation),
-        x_test=ds.x_test.to(device), y_test=ds.y_test.to(device),
-        groups_test=ds.groups_test, split=split, info=ds.info,
+        x_val=take(ds.x_train, split.validation),
+        y_val=take(ds.y_train, split.validation),
+        x_test=ds.x_test.to(device),
+        y_test=ds.y_test.to(device),
+        groups_test=ds.groups_test,
+        split=split,
+        info=ds.info,
     )
 
 
@@ -202,11 +164,19 @@ class _State:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         blob = {
-            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(), "gen": self.gen.get_state(), "rng": rng,
-            "epoch": self.epoch, "step": self.step, "lab_order": self.lab_order,
-            "unl_order": self.unl_order, "sums": self.sums.cpu(), "seconds": self.seconds,
-            "collapsed_epochs": self.collapsed_epochs, "weights": self.weights.state_dict(),
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "gen": self.gen.get_state(),
+            "rng": rng,
+            "epoch": self.epoch,
+            "step": self.step,
+            "lab_order": self.lab_order,
+            "unl_order": self.unl_order,
+            "sums": self.sums.cpu(),
+            "seconds": self.seconds,
+            "collapsed_epochs": self.collapsed_epochs,
+            "weights": self.weights.state_dict(),
         }
         buf = io.BytesIO()
         torch.save(blob, buf)
@@ -234,8 +204,7 @@ def _read_checkpoint(raw: bytes, device: str | torch.device) -> dict[str, Any]:
     try:
         blob = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
     except Exception as exc:  # damaged bytes surface as pickle, zip, EOF or index errors
-        raise JobError(f"the stored checkpoint is damaged and cannot be read "
-                       f"({type(exc).__name__})") from None
+        raise JobError(f"the stored checkpoint is damaged and cannot be read ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or "model" not in blob:
         raise JobError("the stored checkpoint is damaged: it holds no model")
     return blob
@@ -247,6 +216,45 @@ def load_model(config: JobConfig, checkpoint: bytes, device: str | torch.device 
     model = models.build(config.topology, info.input_shape, info.num_classes, init=config.init)
     model.load_state_dict(_read_checkpoint(checkpoint, device)["model"])
     return model.to(device).eval()
+
+
+def train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x_lab: Tensor,
+    y_lab: Tensor,
+    x_unl: Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    config: JobConfig,
+    autocast: Callable[[], Any],
+    weights: Optional[Weights] = None,
+    ahead: Optional[tuple[Tensor, Tensor]] = None,
+) -> Tensor:
+    """One optimiser step on a labeled and an unlabeled batch; returns the loss terms
+    ``LOSS_TERMS`` as a float64 tensor on the device, without waiting for it. With learned
+    ``weights``, the step also moves them by the look-ahead on the labeled batch ``ahead``."""
+    with autocast():
+        terms = ssl_loss(
+            model,
+            x_lab,
+            y_lab,
+            x_unl,
+            alpha=alpha,
+            beta=beta,
+            layer_weights=config.layer_weights,
+            distance=config.distance,
+            weighting=config.weighting,
+            entropy_form=config.entropy,
+        )
+    opt.zero_grad(set_to_none=True)
+    if weights is not None and weights.any_learned and ahead is not None:
+        learned_step(model, terms, weights, alpha, beta, opt.param_groups[0]["lr"], *ahead)
+    else:
+        terms.total.backward()
+    opt.step()
+    return torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
 
 
 OnEpoch = Callable[[EpochReport], None]
@@ -276,8 +284,7 @@ def train(
     prep = prepare(config, dev)
     if on_prepared:
         on_prepared(prep)
-    model = models.build(config.topology, prep.info.input_shape, prep.info.num_classes,
-                         init=config.init).to(dev)
+    model = models.build(config.topology, prep.info.input_shape, prep.info.num_classes, init=config.init).to(dev)
     n_steps = steps_per_epoch(config, len(prep.x_unl))
     state = _State(config, model, dev, n_steps)
     if checkpoint is not None:
@@ -311,23 +318,24 @@ def train(
             s = state.step
             t = state.epoch + (s / n_steps if config.schedule_per == "step" else 0.0)
             alpha, beta = state.weights.at(t)
-            li = state.lab_order[s * bl:(s + 1) * bl].to(dev)
-            ui = state.unl_order[s * bu:(s + 1) * bu].to(dev)
-            with autocast():
-                terms = ssl_loss(model, prep.x_lab[li], prep.y_lab[li], prep.x_unl[ui],
-                                 alpha=alpha, beta=beta, layer_weights=config.layer_weights,
-                                 distance=config.distance, weighting=config.weighting,
-                                 entropy_form=config.entropy)
-            state.opt.zero_grad(set_to_none=True)
-            if state.weights.any_learned:  # the look-ahead scores the step on the next labeled batch
-                ai = state.lab_order[(s + 1) % n_steps * bl:((s + 1) % n_steps + 1) * bl].to(dev)
-                learned_step(model, terms, state.weights, alpha, beta, state.opt.param_groups[0]["lr"],
-                             prep.x_lab[ai], prep.y_lab[ai])
-            else:
-                terms.total.backward()
-            state.opt.step()
+            li = state.lab_order[s * bl : (s + 1) * bl].to(dev)
+            ui = state.unl_order[s * bu : (s + 1) * bu].to(dev)
+            # The look-ahead scores the step on the next labeled batch, not the one it trained on.
+            ai = state.lab_order[(s + 1) % n_steps * bl : ((s + 1) % n_steps + 1) * bl].to(dev)
+            values = train_step(
+                model,
+                state.opt,
+                prep.x_lab[li],
+                prep.y_lab[li],
+                prep.x_unl[ui],
+                alpha=alpha,
+                beta=beta,
+                config=config,
+                autocast=autocast,
+                weights=state.weights,
+                ahead=(prep.x_lab[ai], prep.y_lab[ai]) if state.weights.any_learned else None,
+            )
             state.sched.step()
-            values = torch.stack([terms.total, terms.ce, terms.recon, terms.entropy]).detach().double()
             history.append(values)
             state.sums += values
             state.step += 1

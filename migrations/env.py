@@ -44,8 +44,12 @@ OPTIONS: dict[str, Any] = {
 
 
 def run_offline() -> None:
-    context.configure(url=resolve_url(config.get_main_option("sqlalchemy.url")),
-                      literal_binds=True, target_metadata=_target_metadata(), **OPTIONS)
+    context.configure(
+        url=resolve_url(config.get_main_option("sqlalchemy.url")),
+        literal_binds=True,
+        target_metadata=_target_metadata(),
+        **OPTIONS,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -27,8 +27,10 @@ PG_USER = "invssl"
 
 
 def _pg_bindir() -> Optional[Path]:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -62,10 +64,17 @@ class PostgresServer:
     def _run(self, tool: str, *args: str, as_owner: bool = True, env: Optional[dict[str, str]] = None) -> None:
         env = dict(os.environ, LC_ALL="C", PGCONNECT_TIMEOUT="10", **(env or {}))
         owner = self.run_as if as_owner else {}
-        proc = subprocess.run([str(self.bindir / tool), *args], capture_output=True, text=True,
-                              env=env, cwd=self.dir, timeout=120, **owner)
+        proc = subprocess.run(
+            [str(self.bindir / tool), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.dir,
+            timeout=120,
+            **owner,
+        )
         if proc.returncode != 0:
-            log = (self.dir / "server.log")
+            log = self.dir / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise RuntimeError(f"{tool} failed ({proc.returncode}): {proc.stderr.strip()}\n{tail}")
 
@@ -77,17 +86,19 @@ class PostgresServer:
             if self.run_as:
                 os.chown(pwfile, self.run_as["user"], self.run_as["group"])
             auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
-        self._run("initdb", "-D", str(self.data), "-U", PG_USER, *auth, "-E", "UTF8",
-                  "--no-locale", "--no-sync")
+        self._run("initdb", "-D", str(self.data), "-U", PG_USER, *auth, "-E", "UTF8", "--no-locale", "--no-sync")
         self.resume()
 
     def resume(self) -> None:
         """Start the server on its existing data (after ``halt``)."""
         # Durability settings off: the cluster lives for one test session.
-        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.dir} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"),
-                  "-w", "-t", "60", "start")
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.dir} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"), "-w", "-t", "60", "start"
+        )
 
     def halt(self) -> None:
         """Stop the server as an administrator's restart does: clients are disconnected."""
@@ -100,15 +111,30 @@ class PostgresServer:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, database: str, password: Optional[str] = None) -> str:
-        return URL.create("postgresql+psycopg", username=PG_USER, host="127.0.0.1", port=self.port,
-                          database=database, password=password or self.password
-                          ).render_as_string(hide_password=False)
+        return URL.create(
+            "postgresql+psycopg",
+            username=PG_USER,
+            host="127.0.0.1",
+            port=self.port,
+            database=database,
+            password=password or self.password,
+        ).render_as_string(hide_password=False)
 
     def createdb(self, prefix: str = "t") -> str:
         """A new empty database; returns its URL."""
         name = f"{prefix}{next(self._names)}"
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, name,
-                  as_owner=False, env={"PGPASSWORD": self.password} if self.password else {})
+        self._run(
+            "createdb",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            PG_USER,
+            name,
+            as_owner=False,
+            env={"PGPASSWORD": self.password} if self.password else {},
+        )
         return self.url(name)
 
 
@@ -123,8 +149,10 @@ def _has_user(name: str) -> bool:
 def _server(password: Optional[str] = None) -> Iterator[PostgresServer]:
     bindir = _pg_bindir()
     if bindir is None:
-        reason = ("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's "
-                  "'postgresql' package to run the PostgreSQL tests")
+        reason = (
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's "
+            "'postgresql' package to run the PostgreSQL tests"
+        )
         if os.environ.get("CI"):
             pytest.fail(reason + " (required under CI)")
         pytest.skip(reason)

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import SMALL, _stop_and_resume
 from torch import nn
 
 from invssl.clustering import contingency, matched_accuracy, matching, nmi
 from invssl.config import JobConfig
-from invssl.errors import ConfigError
 from invssl.inversion import ssl_loss
 from invssl.lookahead import hypergradient, term_gradients
 from invssl.train import train
-from test_train import SMALL, _stop_and_resume
 
 LR = 0.5  # large, so that the look-ahead moves w' far enough for curvature to matter
 
@@ -47,10 +46,14 @@ def test_lookahead_gradient_equals_a_finite_difference_of_ce_after_the_step(alph
     g = term_gradients(terms, list(model.parameters()))
     d_alpha, d_beta = hypergradient(model, g, alpha, beta, LR, x_a, y_a)
     eps = 1e-6
-    fd_alpha = (_ce_after_step(model, x_l, y_l, x_u, x_a, y_a, alpha + eps, beta)
-                - _ce_after_step(model, x_l, y_l, x_u, x_a, y_a, alpha - eps, beta)) / (2 * eps)
-    fd_beta = (_ce_after_step(model, x_l, y_l, x_u, x_a, y_a, alpha, beta + eps)
-               - _ce_after_step(model, x_l, y_l, x_u, x_a, y_a, alpha, beta - eps)) / (2 * eps)
+    fd_alpha = (
+        _ce_after_step(model, x_l, y_l, x_u, x_a, y_a, alpha + eps, beta)
+        - _ce_after_step(model, x_l, y_l, x_u, x_a, y_a, alpha - eps, beta)
+    ) / (2 * eps)
+    fd_beta = (
+        _ce_after_step(model, x_l, y_l, x_u, x_a, y_a, alpha, beta + eps)
+        - _ce_after_step(model, x_l, y_l, x_u, x_a, y_a, alpha, beta - eps)
+    ) / (2 * eps)
     assert abs(d_alpha) > 1e-4 and abs(d_beta) > 1e-4  # a real signal, not two zeros agreeing
     assert d_alpha == pytest.approx(fd_alpha, rel=1e-5, abs=1e-9)
     assert d_beta == pytest.approx(fd_beta, rel=1e-5, abs=1e-9)
@@ -62,12 +65,16 @@ def test_term_gradients_recombine_into_the_loss_gradient():
     g = term_gradients(terms, list(model.parameters()))
     whole = torch.autograd.grad(terms.total, list(model.parameters()))
     from invssl.lookahead import combine
+
     for a, b in zip(combine(g, 0.4, 0.6), whole):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-LEARNED = {**SMALL, "alpha": {"kind": "learned", "init": 0.5, "lr": 0.05},
-           "beta": {"kind": "learned", "init": 0.3, "lr": 0.05}}
+LEARNED = {
+    **SMALL,
+    "alpha": {"kind": "learned", "init": 0.5, "lr": 0.05},
+    "beta": {"kind": "learned", "init": 0.3, "lr": 0.05},
+}
 
 
 def test_learned_weights_move_are_recorded_and_resume_bit_for_bit():
@@ -132,19 +139,24 @@ def test_cli_runs_a_sweep_without_labels_end_to_end(tmp_path):
         "data: {dataset: chirps, val_size: 50, params: {n_train: 300, n_test: 100,"
         " sample_rate: 2000, duration_ms: 250}}\n"
         "train: {epochs: 2, batch_unlabeled: 40, collapse_patience: 0}\n"
-        "grid: {topology: [MLP], n_labeled: [0], alpha: [0], beta: [0.5], seed: [0]}\n")
+        "grid: {topology: [MLP], n_labeled: [0], alpha: [0], beta: [0.5], seed: [0]}\n"
+    )
     db = f"sqlite:///{tmp_path / 'c.db'}"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "invssl", *a, "--db", db],  # noqa: E731
-                                    cwd=tmp_path, capture_output=True, text=True)
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "invssl", *args, "--db", db], cwd=tmp_path, capture_output=True, text=True
+        )
+
     out = run("sweep", "cluster.yaml", "--quiet")
     assert out.returncode == 0, out.stderr
     shown = run("jobs", "--format", "json")
     assert shown.returncode == 0, shown.stderr
     import json
+
     jobs = json.loads(shown.stdout)
     assert [(j["n_labeled"], j["status"]) for j in jobs] == [(0, "done")]
-    report = run("report", "--rows", "n_labeled", "--cols", "beta", "--value", "test_nmi",
-                 "--format", "csv")
+    report = run("report", "--rows", "n_labeled", "--cols", "beta", "--value", "test_nmi", "--format", "csv")
     assert report.returncode == 0, report.stderr
     assert "test_nmi" in report.stdout
     cells = report.stdout.splitlines()
@@ -154,10 +166,9 @@ def test_cli_runs_a_sweep_without_labels_end_to_end(tmp_path):
 
 
 def test_balanced_entropy_is_mean_entropy_minus_entropy_of_the_mean_by_hand():
-    from invssl.inversion import marginal_entropy
+    from invssl.clustering import marginal_entropy
 
-    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0], [-2.0, 0.5, 4.0]],
-                          dtype=torch.float64)
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0], [-2.0, 0.5, 4.0]], dtype=torch.float64)
     p = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(1, keepdims=True)
     h = lambda q: -(q * np.log(q)).sum(-1)  # noqa: E731
     assert marginal_entropy(logits).item() == pytest.approx(h(p.mean(0)), rel=1e-12)
@@ -165,12 +176,15 @@ def test_balanced_entropy_is_mean_entropy_minus_entropy_of_the_mean_by_hand():
     per_input = ssl_loss(model, x_l, y_l, x_u, alpha=0.2, beta=0.3)
     balanced = ssl_loss(model, x_l, y_l, x_u, alpha=0.2, beta=0.3, entropy_form="balanced")
     assert balanced.entropy.item() == pytest.approx(
-        per_input.entropy.item() - marginal_entropy(per_input.logits[len(x_l):]).item(), rel=1e-12)
+        per_input.entropy.item() - marginal_entropy(per_input.logits[len(x_l) :]).item(), rel=1e-12
+    )
     assert balanced.total.item() == pytest.approx(
-        0.2 * balanced.ce.item() + 0.8 * (0.3 * balanced.recon.item() + 0.7 * balanced.entropy.item()))
+        0.2 * balanced.ce.item() + 0.8 * (0.3 * balanced.recon.item() + 0.7 * balanced.entropy.item())
+    )
     # One class for every input: the per-input form's minimum (0), no longer the balanced one's.
     one_class = torch.tensor([[9.0, 0.0, 0.0]] * 4, dtype=torch.float64)
     spread = torch.tensor([[9.0, 0, 0], [0, 9.0, 0], [0, 0, 9.0], [9.0, 0, 0]], dtype=torch.float64)
     from invssl.inversion import entropy
+
     balanced_e = lambda z: (entropy(z).mean() - marginal_entropy(z)).item()  # noqa: E731
     assert balanced_e(spread) < balanced_e(one_class) - 0.9

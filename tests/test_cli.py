@@ -38,8 +38,9 @@ grid:
 def invssl(*args, cwd, check=True, env_extra=None, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", **(env_extra or {})}
     env.pop("INVSSL_DB", None)
-    proc = subprocess.run([sys.executable, "-m", "invssl", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invssl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -74,8 +75,9 @@ def test_report_never_pools_a_changed_spec(changed):
     proc = invssl("report", "--rows", "n_labeled,seed", "--cols", "alpha", cwd=root, check=False)
     one_line_error(proc, "(epochs varies: 1, 2)")
     assert "--where" in proc.stderr
-    out = invssl("report", "--rows", "n_labeled,seed", "--cols", "alpha", "--where", "epochs=2",
-                 "--format", "csv", cwd=root).stdout
+    out = invssl(
+        "report", "--rows", "n_labeled,seed", "--cols", "alpha", "--where", "epochs=2", "--format", "csv", cwd=root
+    ).stdout
     cells = list(csv.DictReader(io.StringIO(out)))
     assert len(cells) == 4 and {c["n"] for c in cells} == {"1"}
     out = invssl("report", "--rows", "epochs", "--cols", "alpha", "--format", "json", cwd=root).stdout
@@ -85,8 +87,9 @@ def test_report_never_pools_a_changed_spec(changed):
 
 def test_mnist_table_without_mnist_jobs_exits_2(changed):
     root = changed[0]
-    one_line_error(invssl("report", "--table", "mnist", cwd=root, check=False),
-                   "no finished MNIST job; the results hold: chirps")
+    one_line_error(
+        invssl("report", "--table", "mnist", cwd=root, check=False), "no finished MNIST job; the results hold: chirps"
+    )
     assert "MLP" in invssl("report", "--table", "mnist", "--dataset", "chirps", cwd=root).stdout
 
 
@@ -106,8 +109,7 @@ def test_json_and_csv_parse_back(changed):
     root = changed[0]
     status = json.loads(invssl("status", "--format", "json", cwd=root).stdout)
     assert status["counts"]["done"] == 8 and status["failed"] == []
-    report = json.loads(invssl("report", "--rows", "alpha", "--where", "epochs=1", "--format", "json",
-                               cwd=root).stdout)
+    report = json.loads(invssl("report", "--rows", "alpha", "--where", "epochs=1", "--format", "json", cwd=root).stdout)
     cell = next(c for c in report["cells"] if c["alpha"] == 0.5)
     assert cell["metric"] == "test_acc" and cell["n"] == 2 and 0 <= cell["mean"] <= 1
     assert isinstance(cell["std"], float) and len(cell["job_ids"]) == 2
@@ -115,7 +117,8 @@ def test_json_and_csv_parse_back(changed):
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0])[:6] == ["alpha", "metric", "mean", "std", "n", "collapsed"]
     assert float(rows[0]["mean"]) == pytest.approx(
-        next(c["mean"] for c in report["cells"] if c["alpha"] == float(rows[0]["alpha"])))
+        next(c["mean"] for c in report["cells"] if c["alpha"] == float(rows[0]["alpha"]))
+    )
     listed = list(csv.DictReader(io.StringIO(invssl("jobs", "--format", "csv", cwd=root).stdout)))
     assert len(listed) == 8 and all(len(r["key"]) == 64 for r in listed)
 
@@ -154,8 +157,9 @@ def test_plot_writes_the_format_its_suffix_names(changed):
     assert b"<svg" in (root / "alpha.svg").read_bytes()[:2000]
     invssl("plot", key[:10], "-o", "curves.png", cwd=root)
     assert (root / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    one_line_error(invssl("plot", key[:10], "-o", "curves.jpg", cwd=root, check=False),
-                   "name a figure file .png, .pdf or .svg")
+    one_line_error(
+        invssl("plot", key[:10], "-o", "curves.jpg", cwd=root, check=False), "name a figure file .png, .pdf or .svg"
+    )
     assert not (root / "curves.jpg").exists()
 
 
@@ -183,12 +187,10 @@ def test_bird10_takes_the_test_accuracy_at_the_best_validation_epoch(tmp_path):
     claim = queue.claim(engine, worker="t", host="t", pid=os.getpid(), sweep_id=sweep_id)
     # The best test accuracy (epoch 3) is not where validation peaks (epoch 2).
     for epoch, (val, test) in enumerate([(0.5, 0.9), (0.9, 0.7), (0.6, 0.95)], start=1):
-        queue.record_epoch(engine, claim.job_id, claim.attempt, epoch,
-                           {"val_acc": val, "test_acc": test}, None)
+        queue.record_epoch(engine, claim.job_id, claim.attempt, epoch, {"val_acc": val, "test_acc": test}, None)
     queue.finish(engine, claim.job_id, claim.attempt, {"val_acc": 0.6, "test_acc": 0.95})
     engine.dispose()
-    out = invssl("report", "--table", "bird10", "--last", "3", "--format", "json", "--db", url,
-                 cwd=tmp_path).stdout
+    out = invssl("report", "--table", "bird10", "--last", "3", "--format", "json", "--db", url, cwd=tmp_path).stdout
     [cell] = json.loads(out)["cells"]
     assert cell["mean"] == pytest.approx(0.7) and cell["n"] == 1
     text = invssl("report", "--table", "bird10", "--last", "3", "--db", url, cwd=tmp_path).stdout
@@ -269,8 +271,7 @@ def test_download_lock_serialises_processes(tmp_path):
         "    log.open('a').write(f'end {time.time()}\\n')\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "root")], env=env)
-             for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "root")], env=env) for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     events = [ln.split() for ln in (tmp_path / "root" / "log").read_text().splitlines()]
     # Strictly alternating: the second holder starts only after the first ended.
@@ -310,8 +311,14 @@ def test_ctrl_c_on_sweep_exits_130_and_hands_the_job_back(tmp_path):
     (tmp_path / "slow.yaml").write_text(SLOW)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("INVSSL_DB", None)
-    proc = subprocess.Popen([sys.executable, "-m", "invssl", "sweep", "slow.yaml"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invssl", "sweep", "slow.yaml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # The line display prints each epoch as it ends: wait for the first.
     line = proc.stdout.readline()
     while line and ": epoch 1/6" not in line:
@@ -332,15 +339,16 @@ def test_bad_files_and_options_are_one_line(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes(TINY.replace("tiny", "caf\xe9").encode("latin-1"))
     one_line_error(invssl("sweep", "latin1.yaml", cwd=tmp_path, check=False), "latin1.yaml: not UTF-8 text")
     (tmp_path / "folder.yaml").mkdir()
-    one_line_error(invssl("sweep", "folder.yaml", cwd=tmp_path, check=False),
-                   "folder.yaml: is a folder, not an experiment file")
+    one_line_error(
+        invssl("sweep", "folder.yaml", cwd=tmp_path, check=False), "folder.yaml: is a folder, not an experiment file"
+    )
     proc = invssl("resume", "--stale-after", "-5", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "--stale-after" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.yaml", "latin1.yaml"]
 
 
 # --------------------------------------------------------------------------- 15
-NET = '''
+NET = """
 import math
 from torch import nn
 
@@ -352,7 +360,7 @@ def tiny(input_shape, num_classes):
 
 def wrong(input_shape, num_classes):
     return nn.Linear(3, 3)
-'''
+"""
 
 
 def test_your_own_network_from_a_module_trains_one_epoch(tmp_path):
@@ -363,33 +371,49 @@ def test_your_own_network_from_a_module_trains_one_epoch(tmp_path):
     assert "sweep tiny: 2 done" in out
     jobs = jobs_json(tmp_path)
     assert {j["topology"] for j in jobs} == {"mynets:tiny"}
-    mlp = JobConfig(**{**json.loads(invssl("show", jobs[0]["key"][:12], "--format", "json",
-                                           cwd=tmp_path).stdout)["config"], "topology": "MLP"})
+    mlp = JobConfig(
+        **{
+            **json.loads(invssl("show", jobs[0]["key"][:12], "--format", "json", cwd=tmp_path).stdout)["config"],
+            "topology": "MLP",
+        }
+    )
     assert mlp.key not in {j["key"] for j in jobs}  # the network is part of the identity
     (tmp_path / "bad.yaml").write_text(own.replace("mynets:tiny", "nonexistent_mod:net"))
     one_line_error(invssl("sweep", "bad.yaml", cwd=tmp_path, check=False), "cannot import 'nonexistent_mod'")
     (tmp_path / "wrong.yaml").write_text(own.replace("mynets:tiny", "mynets:wrong"))
-    one_line_error(invssl("sweep", "wrong.yaml", "--dry-run", cwd=tmp_path, check=False),
-                   "topology 'mynets:wrong' on inputs of shape (1, 500)")
+    one_line_error(
+        invssl("sweep", "wrong.yaml", "--dry-run", cwd=tmp_path, check=False),
+        "topology 'mynets:wrong' on inputs of shape (1, 500)",
+    )
 
 
 # --------------------------------------------------------------------------- 16
 def test_an_override_changes_the_jobs_and_their_keys(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY)
     invssl("sweep", "tiny.yaml", "--enqueue-only", "--db", "sqlite:///plain.db", cwd=tmp_path)
-    invssl("sweep", "tiny.yaml", "train.epochs=3", "grid.seed=[0]", "grid.alpha=[0.5]",
-           "--enqueue-only", "--db", "sqlite:///over.db", cwd=tmp_path)
+    invssl(
+        "sweep",
+        "tiny.yaml",
+        "train.epochs=3",
+        "grid.seed=[0]",
+        "grid.alpha=[0.5]",
+        "--enqueue-only",
+        "--db",
+        "sqlite:///over.db",
+        cwd=tmp_path,
+    )
     plain = jobs_json(tmp_path, "--db", "sqlite:///plain.db")
     [over] = jobs_json(tmp_path, "--db", "sqlite:///over.db")
     assert over["epochs"] == 3 and over["seed"] == 0 and over["alpha"] == 0.5
     twin = next(j for j in plain if j["seed"] == 0 and j["alpha"] == 0.5)
     assert twin["epochs"] == 1 and twin["key"] != over["key"]
-    one_line_error(invssl("sweep", "tiny.yaml", "train.epochz=1", cwd=tmp_path, check=False),
-                   "train.epochz: unknown field")
-    one_line_error(invssl("sweep", "tiny.yaml", "grid.alpha=[2]", cwd=tmp_path, check=False),
-                   "alpha: must lie in [0, 1]")
-    one_line_error(invssl("sweep", "tiny.yaml", "epochs", cwd=tmp_path, check=False),
-                   "expected KEY.PATH=VALUE")
+    one_line_error(
+        invssl("sweep", "tiny.yaml", "train.epochz=1", cwd=tmp_path, check=False), "train.epochz: unknown field"
+    )
+    one_line_error(
+        invssl("sweep", "tiny.yaml", "grid.alpha=[2]", cwd=tmp_path, check=False), "alpha: must lie in [0, 1]"
+    )
+    one_line_error(invssl("sweep", "tiny.yaml", "epochs", cwd=tmp_path, check=False), "expected KEY.PATH=VALUE")
 
 
 # --------------------------------------------------------------------------- 17
@@ -403,10 +427,32 @@ def test_help_everywhere_and_shell_completion(tmp_path):
         for name, sub in getattr(cmd, "commands", {}).items():
             yield from commands(sub, (*path, name))
 
-    undocumented = [f"{' '.join(path)} {p.name}" for path, cmd in commands(typer.main.get_command(app))
-                    for p in cmd.params if p.param_type_name == "option" and not p.hidden and not p.help]
+    undocumented = [
+        f"{' '.join(path)} {p.name}"
+        for path, cmd in commands(typer.main.get_command(app))
+        for p in cmd.params
+        if p.param_type_name == "option" and not p.hidden and not p.help
+    ]
     assert undocumented == []
     assert "Usage:" in invssl("-h", cwd=tmp_path).stdout
     assert "KEY.PATH=VALUE" in invssl("sweep", "-h", cwd=tmp_path).stdout
     assert "upgrade" in invssl("db", "-h", cwd=tmp_path).stdout
     assert "complete" in invssl("--show-completion", "bash", cwd=tmp_path).stdout
+
+
+def test_the_cli_never_imports_the_database_layer():
+    """House rule: the CLI parses and prints; what it reads or writes goes through the library."""
+    import ast
+
+    import invssl.cli
+
+    folder = Path(invssl.cli.__file__).parent
+    sources = [folder / "cli.py"] if folder.name != "cli" else sorted(folder.glob("*.py"))
+    imported = set()
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert imported and not [m for m in imported if m.startswith("invssl.db")]

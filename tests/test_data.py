@@ -33,16 +33,13 @@ def test_unknown_param_names_it_and_the_valid_ones():
     with pytest.raises(ConfigError) as err:
         data.load("chirps", n_trian=5)
     assert str(err.value) == (
-        "unknown parameter 'n_trian' for dataset 'chirps'; "
-        "valid: n_train, n_test, sample_rate, duration_ms"
+        "unknown parameter 'n_trian' for dataset 'chirps'; valid: n_train, n_test, sample_rate, duration_ms"
     )
     with pytest.raises(ConfigError, match="'bins' for dataset 'mnist'; valid: none"):
         data.info("mnist", bins=3)
 
 
-@pytest.mark.parametrize(
-    "params", [{"n_train": 0}, {"n_train": "10"}, {"n_test": True}, {"duration_ms": -1}]
-)
+@pytest.mark.parametrize("params", [{"n_train": 0}, {"n_train": "10"}, {"n_test": True}, {"duration_ms": -1}])
 def test_bad_param_values(params):
     with pytest.raises(ConfigError):
         data.load("chirps", **params)
@@ -222,6 +219,7 @@ def test_wav_folder_resamples_and_mixes_to_mono(wav_root):
 
 def test_wav_folder_split_depends_on_seed_only(wav_root):
     root, _ = wav_root
+
     def held_out(seed):
         ds = data.load("wav-folder", root=root, seed=seed, **WAV_PARAMS)
         return tuple(ds.groups_test.unique().tolist())

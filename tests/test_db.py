@@ -32,7 +32,7 @@ from invssl.db.session import (
     session_scope,
 )
 from invssl.db.sqlitefile import network_fs_type
-from invssl.errors import DatabaseError
+from invssl.errors import DatabaseError, SchemaMismatch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,7 @@ def schema_diffs(url: str, metadata: MetaData = Base.metadata) -> list[Any]:
     engine = db_session.make_engine(url)
     try:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE,
-                                                         "compare_type": True})
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
             return compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
@@ -75,9 +74,14 @@ def test_upgrade_of_an_empty_database_gives_the_models_schema(db_url: str) -> No
 
 def test_alembic_command_upgrades_with_the_repository_config(db_url: str) -> None:
     env = dict(os.environ, INVSSL_DB=db_url)
-    proc = subprocess.run([sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"),
-                           "upgrade", "head"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "upgrade", "head"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert schema_diffs(db_url) == []
     engine = open_engine(db_url, upgrade=False)
@@ -89,9 +93,10 @@ def test_older_revision_is_refused_without_upgrade_and_upgraded_with_it(db_url: 
     open_engine(db_url).dispose()
     alembic_on(db_url, command.downgrade, "base")
     masked = mask_url(db_url)
-    with pytest.raises(DatabaseError) as err:
+    with pytest.raises(SchemaMismatch) as err:
         open_engine(db_url, upgrade=False)
-    assert f"run `invssl db upgrade --db {masked}`" in str(err.value)
+    # The library names no command; the CLI adds "run `invssl db upgrade --db URL`" from `where`.
+    assert err.value.where == masked and "upgrade its schema" in str(err.value)
     assert "revision base" in str(err.value)
     engine = open_engine(db_url, upgrade=True)
     assert current_revision(engine) == head_revision()

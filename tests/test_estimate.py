@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from invssl import estimate
+from invssl import devices, estimate
 from invssl.config import JobConfig
 
 # A dataset of 1000 training and 200 test images: with val_size 100 and N_L = 50 the unlabeled set
@@ -15,7 +15,7 @@ INFO = SimpleNamespace(n_train=1000, n_test=200, input_shape=(1, 28, 28), num_cl
 
 def job(**kw):
     base = dict(topology="SmallCNNmean", dataset="mnist", n_labeled=50, val_size=100, epochs=3,
-                batch_labeled=16, batch_unlabeled=64, alpha=0.5, beta=0.5)
+                batch_labeled=16, batch_unlabeled=64, alpha=0.5, beta=0.5)  # fmt: skip
     return JobConfig(**{**base, **kw})
 
 
@@ -32,7 +32,9 @@ def test_estimate_matches_hand_computation():
         epochs_done={ssl[1].key: 1},  # one epoch of three already recorded
         step_seconds={k_ssl: 0.5, k_sup: 0.1, k_large: 2.0},
         eval_seconds={k_ssl: 4.0, k_sup: 1.0},  # LargeCNN: no evaluation figure
-        calibrate_missing=False, device="cpu", dataset_info=lambda j: INFO,
+        calibrate_missing=False,
+        device="cpu",
+        dataset_info=lambda j: INFO,
     )
     rows = {(r.topology, r.kind): r for r in est.rows}
     assert rows["SmallCNNmean", "ssl"].steps_per_epoch == (math.ceil(850 / 64),) * 2 == (14, 14)
@@ -52,8 +54,14 @@ def test_without_figures_a_class_is_unknown_and_left_out_of_the_total(tmp_path):
     jobs = [job(), job(topology="SmallCNNmax")]
     known = estimate.cost_key(jobs[0])
     missing_db = tmp_path / "none.db"
-    est = estimate.estimate(jobs, step_seconds={known: 1.0}, calibrate_missing=False, device="cpu",
-                            db_url=f"sqlite:///{missing_db}", dataset_info=lambda j: INFO)
+    est = estimate.estimate(
+        jobs,
+        step_seconds={known: 1.0},
+        calibrate_missing=False,
+        device="cpu",
+        db_url=f"sqlite:///{missing_db}",
+        dataset_info=lambda j: INFO,
+    )
     assert not missing_db.exists()  # reading a database that is not there creates nothing
     assert not est.complete and est.total_s == pytest.approx(3 * 14 * 1.0)
     assert [r.source for r in est.rows] == ["unknown", "given"]  # sorted: SmallCNNmax, SmallCNNmean
@@ -70,13 +78,14 @@ def test_recorded_epoch_times_are_used_for_the_same_class_on_the_same_device(tmp
     sweep = queue.ensure_sweep(engine, "s", {})
     queue.enqueue(engine, sweep, [(ran.key, ran.model_dump(mode="json"))])
     claim = queue.claim(engine, worker="w", host="h", pid=1)
-    env = {"device": "cpu", "device_name": estimate.device_name(__import__("torch").device("cpu"))}
+    env = {"device": "cpu", "device_name": devices.device_name(__import__("torch").device("cpu"))}
     queue.set_job_info(engine, claim.job_id, claim.attempt, env=env)
     for epoch, wall_s in ((1, 14 * 0.30), (2, 14 * 0.34)):
         queue.record_epoch(engine, claim.job_id, claim.attempt, epoch, {"wall_s": wall_s}, b"ckpt")
     engine.dispose()
-    est = estimate.estimate([ran, todo], done={ran.key}, calibrate_missing=False, device="cpu", db_url=url,
-                            dataset_info=lambda j: INFO)
+    est = estimate.estimate(
+        [ran, todo], done={ran.key}, calibrate_missing=False, device="cpu", db_url=url, dataset_info=lambda j: INFO
+    )
     (row,) = est.rows
     assert row.source == "database" and row.step_s == pytest.approx(0.32)  # median of 0.30, 0.34
     assert row.seconds == pytest.approx(2 * 14 * 0.32)  # evaluation: not in the database's wall_s
@@ -93,8 +102,9 @@ def test_label_counts_share_a_class_but_keep_their_own_step_counts():
     a, b = job(n_labeled=50), job(n_labeled=100, epochs=1)  # 14 and 13 steps per epoch
     key = estimate.cost_key(a)
     assert estimate.cost_key(b) == key
-    est = estimate.estimate([a, b], step_seconds={key: 1.0}, calibrate_missing=False, device="cpu",
-                            dataset_info=lambda j: INFO)
+    est = estimate.estimate(
+        [a, b], step_seconds={key: 1.0}, calibrate_missing=False, device="cpu", dataset_info=lambda j: INFO
+    )
     (row,) = est.rows
     assert row.steps_per_epoch == (13, 14) and row.epochs == 4
     assert row.seconds == pytest.approx(3 * 14 + 1 * 13)

@@ -35,9 +35,23 @@ def test_smoke_run_measures_every_part_and_writes_json_and_markdown(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if k != "OUT"} | {"OMP_NUM_THREADS": "1"}
     # Budgets are wall-clock; a loaded CI machine must not turn measurements into "skipped".
     budgets = ",".join(f"{p}=3600" for p in PARTS)
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--data-root", str(tmp_path / "data"),
-                           "--out", str(out), "--budgets", budgets], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--smoke",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--budgets",
+            budgets,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[gpu.py" in proc.stdout and "done:" in proc.stdout
 

@@ -72,7 +72,13 @@ def nets():
             (1, 16),
         ),
         "bias_free": (
-            nn.Sequential(nn.Linear(6, 8, bias=False), ChannelWTA(), nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 4, bias=False)),
+            nn.Sequential(
+                nn.Linear(6, 8, bias=False),
+                ChannelWTA(),
+                nn.Linear(8, 6, bias=False),
+                nn.ReLU(),
+                nn.Linear(6, 4, bias=False),
+            ),
             (6,),
         ),
         "gelu_layernorm": (nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)), (6,)),
@@ -184,7 +190,7 @@ def hand_loss(model, xl, yl, xu, alpha, beta):
     J = per_example_jacobian(model, x)
     x_hat = torch.einsum("bkd,bk->bd", J, f.detach())
     R = ((x.flatten(1) - x_hat) ** 2).sum(1).div(x[0].numel()).mean()
-    p = f[len(xl):].softmax(-1)
+    p = f[len(xl) :].softmax(-1)
     E = -(p * p.log()).sum(1).mean()
     ce = -f[: len(xl)].log_softmax(-1)[torch.arange(len(xl)), yl].mean()
     return alpha * ce + (1 - alpha) * (beta * R + (1 - beta) * E), ce, R, E
@@ -323,10 +329,10 @@ class StridedGrouped(nn.Module):
 @pytest.fixture
 def fast_conv(monkeypatch):
     """Run a function with the oneDNN double-backward path on and off."""
-    from invssl import inversion
+    from invssl import fastconv
 
     def run(fn, enabled):
-        monkeypatch.setattr(inversion, "FAST_CONV_DEVICES", {"cpu"} if enabled else set())
+        monkeypatch.setattr(fastconv, "FAST_CONV_DEVICES", {"cpu"} if enabled else set())
         return fn()
 
     return run
@@ -350,7 +356,7 @@ def test_native_conv_double_backward_matches_autograd(fast_conv, name, kwargs):
         terms = ssl_loss(model, xl, yl, xu, alpha=0.3, beta=0.6, **kwargs)
         grads = torch.autograd.grad(terms.total, params, create_graph=True)
         # one order further, as learning the weights through an update step would need
-        third = torch.autograd.grad(sum((g ** 2).sum() for g in grads), params)
+        third = torch.autograd.grad(sum((g**2).sum() for g in grads), params)
         return terms.total.detach(), grads, third
 
     plain, fast = fast_conv(step, False), fast_conv(step, True)
@@ -362,19 +368,19 @@ def test_native_conv_double_backward_matches_autograd(fast_conv, name, kwargs):
 
 def test_native_conv_path_skips_the_input_leaf_gradient(fast_conv, monkeypatch):
     """After x_hat exists, no backward computes the gradient of the internal input leaf."""
-    from invssl import inversion
+    from invssl import fastconv
 
     model, shape = nets()["cnn_max"]
     x = torch.randn(3, *shape)
     masks = []  # output masks of conv1's kernel calls (conv1 is the one reading the input)
-    original = inversion._conv_backward
+    original = fastconv._conv_backward
 
     def spy(grad_out, inp, weight, *args):
         if weight.shape[1] == shape[0]:
             masks.append(tuple(args[-1][:2]))
         return original(grad_out, inp, weight, *args)
 
-    monkeypatch.setattr(inversion, "_conv_backward", spy)
+    monkeypatch.setattr(fastconv, "_conv_backward", spy)
 
     def step():
         _, x_hat = reconstruct(model, x)

@@ -104,9 +104,17 @@ def test_winner_take_all_keeps_the_larger_of_each_channel_pair():
         models.WinnerTakeAll(5)
 
 
-@pytest.mark.parametrize(("name", "pool"), [("SmallCNNmean", nn.AvgPool2d), ("LargeCNNmax", nn.MaxPool2d),
-                                            ("Resnet1-4mean", nn.AvgPool2d), ("Resnet1-4max", nn.MaxPool2d),
-                                            ("SmallUCNN", nn.MaxPool2d), ("UResnet1-4", nn.MaxPool2d)])
+@pytest.mark.parametrize(
+    ("name", "pool"),
+    [
+        ("SmallCNNmean", nn.AvgPool2d),
+        ("LargeCNNmax", nn.MaxPool2d),
+        ("Resnet1-4mean", nn.AvgPool2d),
+        ("Resnet1-4max", nn.MaxPool2d),
+        ("SmallUCNN", nn.MaxPool2d),
+        ("UResnet1-4", nn.MaxPool2d),
+    ],
+)
 def test_pooling_follows_the_variant(name, pool):
     model = models.build(name, (1, 16, 16), K)
     pools = [m for m in model.modules() if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d))]
@@ -140,8 +148,10 @@ def test_names_match_case_insensitively(name):
     assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
 
 
-@pytest.mark.parametrize(("name", "depth", "width", "bias_free"),
-                         [("Resnet1-8max", 1, 8, False), ("resnet4-6MEAN", 4, 6, False), ("UResnet3-2", 3, 2, True)])
+@pytest.mark.parametrize(
+    ("name", "depth", "width", "bias_free"),
+    [("Resnet1-8max", 1, 8, False), ("resnet4-6MEAN", 4, 6, False), ("UResnet3-2", 3, 2, True)],
+)
 def test_parametric_resnet_has_depth_blocks_per_stage(name, depth, width, bias_free):
     model = models.build(name, (3, 8, 8), K)
     for i, w in enumerate((width, 2 * width, 4 * width), start=1):
@@ -153,8 +163,10 @@ def test_parametric_resnet_has_depth_blocks_per_stage(name, depth, width, bias_f
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, K)
 
 
-@pytest.mark.parametrize("name", ["Resnet2-32", "UResnet2-32max", "Resnet0-8mean", "Resnet2-0max",
-                                  "UResnet2-7", "Resnet2-32avg", "Resnet-2-32max"])
+@pytest.mark.parametrize(
+    "name",
+    ["Resnet2-32", "UResnet2-32max", "Resnet0-8mean", "Resnet2-0max", "UResnet2-7", "Resnet2-32avg", "Resnet-2-32max"],
+)
 def test_malformed_resnet_names_are_unknown(name):
     with pytest.raises(UnknownNameError):
         models.canonical(name)

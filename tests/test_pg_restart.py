@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-
 from invssl.runner import enqueue
 from tests.conftest import jobs_and_epochs
 
@@ -19,9 +18,15 @@ grid: {topology: [MLP], n_labeled: [10], alpha: [0.5], seed: SEEDS}
 
 
 def run_cli(*args, env=None, cwd=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "invssl", *args], cwd=cwd,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invssl", *args],
+        cwd=cwd,
+        env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def wait_for_epochs(url, n, procs, timeout=120):
@@ -55,14 +60,14 @@ def test_two_workers_ride_out_a_five_second_restart(tmp_path, own_pg_server):
     assert [(j.status, j.attempts) for j in jobs] == [("done", 1)] * 4  # each job run once
     assert all(j.result and j.result["test_acc"] >= 0 for j in jobs)
     assert sorted((e.job_id, e.epoch) for e in epochs) == sorted(
-        (j.id, k) for j in jobs for k in range(1, 5))  # no epoch lost or duplicated
+        (j.id, k) for j in jobs for k in range(1, 5)
+    )  # no epoch lost or duplicated
 
 
 def test_a_database_that_stays_away_stops_the_worker_in_one_line(tmp_path, own_pg_server):
     url = own_pg_server.createdb("away")
     setup_grid(tmp_path, url, [0])
-    worker = run_cli("worker", "--quiet", "--heartbeat", "0.5",
-                     env={"INVSSL_DB": url, "INVSSL_DB_RETRY_S": "3"})
+    worker = run_cli("worker", "--quiet", "--heartbeat", "0.5", env={"INVSSL_DB": url, "INVSSL_DB_RETRY_S": "3"})
     wait_for_epochs(url, 1, [worker])
     own_pg_server.halt()
     try:

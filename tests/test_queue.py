@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from invssl.db import queue
+from invssl.db import queue, reads
 from invssl.db.models import Checkpoint, Job
 from invssl.db.session import open_engine
 from invssl.errors import InvsslError
@@ -23,8 +23,7 @@ def key(name: str) -> str:
 
 
 def job(name: str, **extra: Any) -> tuple[str, dict[str, Any]]:
-    config = {"topology": "SmallCNN", "dataset": "mnist", "n_labeled": 100, "seed": 0,
-              "name": name, **extra}
+    config = {"topology": "SmallCNN", "dataset": "mnist", "n_labeled": 100, "seed": 0, "name": name, **extra}
     return key(name), config
 
 
@@ -47,7 +46,7 @@ def job_row(engine: Engine, job_id: int) -> Any:
 
 
 def epoch_numbers(engine: Engine, job_id: int) -> list[int]:
-    return [r["epoch"] for r in queue.job_epochs(engine, job_id)]
+    return [r["epoch"] for r in reads.job_epochs(engine, job_id)]
 
 
 # ---------------------------------------------------------------------------- enqueue
@@ -59,21 +58,21 @@ def test_enqueue_is_idempotent_and_grows(engine: Engine) -> None:
     assert queue.enqueue(engine, sweep, first) == (0, 3)
     grown = first + [job(f"j{i}", seed=i) for i in range(3, 5)]
     assert queue.enqueue(engine, sweep, grown) == (2, 3)
-    assert queue.status_counts(engine, sweep="grid") == {"pending": 5, "running": 0, "done": 0, "failed": 0}
+    assert reads.status_counts(engine, sweep="grid") == {"pending": 5, "running": 0, "done": 0, "failed": 0}
 
     # A job identical across sweeps is stored once and belongs to both.
     other = queue.ensure_sweep(engine, "other", {})
     assert other != sweep
     assert queue.enqueue(engine, other, [first[0], job("solo")]) == (1, 1)
-    assert queue.status_counts(engine)["pending"] == 6
-    assert queue.status_counts(engine, sweep="other")["pending"] == 2
-    info = queue.get_job(engine, first[0][0])
+    assert reads.status_counts(engine)["pending"] == 6
+    assert reads.status_counts(engine, sweep="other")["pending"] == 2
+    info = reads.get_job(engine, first[0][0])
     assert info["sweeps"] == ["grid", "other"]
     assert (info["topology"], info["dataset"], info["n_labeled"], info["seed"]) == ("SmallCNN", "mnist", 100, 0)
     assert info["config"] == first[0][1] and info["status"] == "pending" and info["attempts"] == 0
     assert info["created_at"].tzinfo is not None and info["created_at"].utcoffset() == timedelta(0)
     assert abs(info["created_at"] - datetime.now(timezone.utc)) < timedelta(minutes=1)
-    assert queue.status_counts(engine, sweep="no such sweep") == dict.fromkeys(queue.STATUSES, 0)
+    assert reads.status_counts(engine, sweep="no such sweep") == dict.fromkeys(reads.STATUSES, 0)
 
 
 def _enqueue_at_once(url: str, barrier: Any, results: Any) -> None:
@@ -97,7 +96,7 @@ def test_concurrent_enqueues_store_each_job_once(db_url: str) -> None:
     assert sum(new for new, _ in outcomes) == 100
     assert all(new + old == 100 for new, old in outcomes)
     engine = open_engine(db_url)
-    assert queue.status_counts(engine, sweep="shared")["pending"] == 100
+    assert reads.status_counts(engine, sweep="shared")["pending"] == 100
     engine.dispose()
 
 
@@ -123,8 +122,9 @@ def _claim_until_empty(url: str, barrier: Any, results: Any) -> None:
     engine.dispose()
 
 
-def test_eight_workers_claim_every_job_exactly_once(db_url: str, capsys: pytest.CaptureFixture[str],
-                                                    record_property: Any) -> None:
+def test_eight_workers_claim_every_job_exactly_once(
+    db_url: str, capsys: pytest.CaptureFixture[str], record_property: Any
+) -> None:
     engine = open_engine(db_url)
     sweep = queue.ensure_sweep(engine, "load", {})
     assert queue.enqueue(engine, sweep, [job(f"load{i}") for i in range(200)]) == (200, 0)
@@ -145,15 +145,14 @@ def test_eight_workers_claim_every_job_exactly_once(db_url: str, capsys: pytest.
     assert len(claimed) == 200 and len({job_id for job_id, _ in claimed}) == 200
     assert {attempt for _, attempt in claimed} == {1}
     assert sum(1 for done, _, _ in outcomes if done) > 1  # the work was actually shared
-    assert queue.status_counts(engine) == {"pending": 0, "running": 0, "done": 200, "failed": 0}
+    assert reads.status_counts(engine) == {"pending": 0, "running": 0, "done": 200, "failed": 0}
     with engine.connect() as conn:
         assert conn.scalar(select(func.max(Job.attempts))) == 1
     rate = 200 / elapsed
     record_property("claims_per_second", round(rate, 1))
     backend = engine.dialect.name
     with capsys.disabled():
-        print(f"\n[{backend}] 8 processes claimed+finished 200 jobs in {elapsed:.2f} s: "
-              f"{rate:.0f} claims/s")
+        print(f"\n[{backend}] 8 processes claimed+finished 200 jobs in {elapsed:.2f} s: {rate:.0f} claims/s")
     engine.dispose()
 
 
@@ -206,9 +205,9 @@ def test_a_stale_attempt_cannot_write(engine: Engine) -> None:
     queue.finish(engine, new.job_id, new.attempt, {"val_acc": 0.9})
     with pytest.raises(queue.StaleAttemptError):  # finished: no attempt may write any more
         queue.heartbeat(engine, new.job_id, new.attempt)
-    info = queue.get_job(engine, new.job_id)
+    info = reads.get_job(engine, new.job_id)
     assert (info["status"], info["attempts"], info["epochs_done"], info["result"]) == ("done", 2, 2, {"val_acc": 0.9})
-    assert [r["attempt"] for r in queue.job_epochs(engine, new.job_id)] == [1, 2]
+    assert [r["attempt"] for r in reads.job_epochs(engine, new.job_id)] == [1, 2]
 
 
 def test_reap_by_heartbeat_age(engine: Engine) -> None:
@@ -216,8 +215,11 @@ def test_reap_by_heartbeat_age(engine: Engine) -> None:
     queue.enqueue(engine, sweep, [job("quiet"), job("beating")])
     quiet, beating = claim(engine), claim(engine)
     with engine.begin() as conn:
-        conn.execute(update(Job).where(Job.id == quiet.job_id)
-                     .values(heartbeat_at=datetime.now(timezone.utc) - timedelta(minutes=10)))
+        conn.execute(
+            update(Job)
+            .where(Job.id == quiet.job_id)
+            .values(heartbeat_at=datetime.now(timezone.utc) - timedelta(minutes=10))
+        )
     queue.heartbeat(engine, beating.job_id, beating.attempt)
     assert queue.reap(engine, stale_after_s=60) == [quiet.job_id]
     assert job_row(engine, quiet.job_id).status == "pending"
@@ -254,13 +256,13 @@ def test_checkpoint_is_replaced_with_its_epoch_in_one_transaction(engine: Engine
 
     # A write that fails halfway (an unstorable checkpoint) leaves neither the epoch's row
     # nor its checkpoint behind, and the job's progress unchanged.
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises for it
         queue.record_epoch(engine, c.job_id, c.attempt, 3, {"loss": 0.6}, object())  # type: ignore[arg-type]
     assert epoch_numbers(engine, c.job_id) == [1, 2]
     assert queue.load_checkpoint(engine, c.job_id) == (2, b"two" * 1000)
     assert job_row(engine, c.job_id).epochs_done == 2
 
-    rows = queue.job_epochs(engine, c.job_id)
+    rows = reads.job_epochs(engine, c.job_id)
     assert rows[0]["val_acc"] == 0.7 and rows[0]["extra"] == {"test_acc_recording": {"a": 0.5}}
     assert rows[1]["extra"] is None and rows[1]["ce"] is None
 
@@ -282,7 +284,7 @@ def test_release_hands_the_job_back_with_its_checkpoint(engine: Engine) -> None:
     again = claim(engine)
     assert (again.job_id, again.attempt, again.epochs_done) == (c.job_id, 2, 1)
     assert queue.load_checkpoint(engine, c.job_id) == (1, b"mid-epoch-2")
-    info = queue.get_job(engine, c.job_id)
+    info = reads.get_job(engine, c.job_id)
     assert info["env"] == {"torch": "2.x"} and info["split"] == '{"labeled":[]}'
 
 
@@ -298,11 +300,13 @@ def test_retry_failed_respects_max_attempts(engine: Engine) -> None:
     queue.enqueue(engine, sweep, [job("once")])
     once = claim(engine)
     queue.fail(engine, once.job_id, once.attempt, "out of memory")
-    failed = queue.failed_jobs(engine)
+    failed = reads.failed_jobs(engine)
     assert [(f["id"], f["attempts"], f["error"]) for f in failed] == [
-        (thrice.job_id, 3, "diverged in attempt 3"), (once.job_id, 1, "out of memory")]
+        (thrice.job_id, 3, "diverged in attempt 3"),
+        (once.job_id, 1, "out of memory"),
+    ]
     assert queue.retry_failed(engine, max_attempts=3) == 1
-    info = queue.get_job(engine, once.job_id)
+    info = reads.get_job(engine, once.job_id)
     assert (info["status"], info["error"]) == ("pending", None)
     assert job_row(engine, thrice.job_id).status == "failed"
     assert claim(engine).attempt == 2
@@ -311,32 +315,38 @@ def test_retry_failed_respects_max_attempts(engine: Engine) -> None:
 # ------------------------------------------------------------------------------ reports
 def test_reports(engine: Engine) -> None:
     sweep = queue.ensure_sweep(engine, "s", {})
-    queue.enqueue(engine, sweep, [("ab" + "0" * 62, {"topology": "MLP", "dataset": "mnist1d",
-                                                     "n_labeled": 50, "seed": 3}),
-                                  ("ab" + "1" * 62, {}), ("cd" + "2" * 62, {})])
+    queue.enqueue(
+        engine,
+        sweep,
+        [
+            ("ab" + "0" * 62, {"topology": "MLP", "dataset": "mnist1d", "n_labeled": 50, "seed": 3}),
+            ("ab" + "1" * 62, {}),
+            ("cd" + "2" * 62, {}),
+        ],
+    )
     r = claim(engine, worker="host:7", pid=7)
-    running = queue.running_jobs(engine)
+    running = reads.running_jobs(engine)
     assert [(j["id"], j["worker"], j["epochs_done"]) for j in running] == [(r.job_id, "host:7", 0)]
     assert 0 <= running[0]["heartbeat_age_s"] < 60
     assert running[0]["label"] == "MLP mnist1d N_L=50 seed=3"
 
-    assert queue.get_job(engine, r.job_id)["key"] == "ab" + "0" * 62
-    assert queue.get_job(engine, str(r.job_id))["id"] == r.job_id
-    assert queue.get_job(engine, "CD")["key"] == "cd" + "2" * 62
-    assert queue.get_job(engine, "ab0")["id"] == r.job_id
+    assert reads.get_job(engine, r.job_id)["key"] == "ab" + "0" * 62
+    assert reads.get_job(engine, str(r.job_id))["id"] == r.job_id
+    assert reads.get_job(engine, "CD")["key"] == "cd" + "2" * 62
+    assert reads.get_job(engine, "ab0")["id"] == r.job_id
     for ref, why in (("ab", "more than one"), ("ef", "no job"), ("zz!", "hex key prefix"), ("999", "no job")):
         with pytest.raises(InvsslError, match=why):
-            queue.get_job(engine, ref)
+            reads.get_job(engine, ref)
 
 
 def test_done_keys_readonly_writes_nothing(tmp_path: Path, db_url: str) -> None:
     missing = tmp_path / "nothing-here.db"
-    assert queue.done_keys_readonly(f"sqlite:///{missing}", [key("x")]) == set()
+    assert reads.done_keys_readonly(f"sqlite:///{missing}", [key("x")]) == set()
     assert not missing.exists()
     engine = open_engine(db_url)
     sweep = queue.ensure_sweep(engine, "s", {})
     queue.enqueue(engine, sweep, [job("x"), job("y")])
     c = claim(engine)
     queue.finish(engine, c.job_id, c.attempt, {"val_acc": 1.0})
-    assert queue.done_keys_readonly(db_url, [key("x"), key("y"), key("z")]) == {key("x")}
+    assert reads.done_keys_readonly(db_url, [key("x"), key("y"), key("z")]) == {key("x")}
     engine.dispose()

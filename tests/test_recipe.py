@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-
 from datetime import datetime, timezone
 
 import pytest
@@ -18,30 +17,38 @@ from torch import nn
 from invssl import data, health, models
 from invssl.config import JobConfig
 from invssl.db import queue
-from invssl.db.models import Job
 from invssl.db import session as db_session
+from invssl.db.models import Job
 from invssl.db.session import open_engine
 from invssl.schedules import make_schedule
 from invssl.train import lr_factor, prepare, train
 from tests.test_db import alembic_on
+from tests.test_train import SMALL as BASE
 
-BASE = dict(topology="MLP", dataset="chirps", data_params={"n_train": 300, "n_test": 100,
-            "sample_rate": 2000, "duration_ms": 250}, val_size=50, n_labeled=20, epochs=2,
-            batch_labeled=10, batch_unlabeled=40, alpha=0.5, beta=0.5)
 STEP_DECAY = {"kind": "step", "values": [1.0, 0.5, 0.1], "at": [1, 2]}
 
 
-@pytest.mark.parametrize("field, value", [
-    ("input_scaling", "unit"), ("input_scaling", "per_input"), ("init", "kaiming"),
-    ("lr_warmup", 0.5), ("lr_decay", "none"), ("lr_decay", STEP_DECAY),
-    ("collapse_patience", 0), ("lr", 0.01), ("topology", "ConvSmallmean"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("input_scaling", "unit"),
+        ("input_scaling", "per_input"),
+        ("init", "kaiming"),
+        ("lr_warmup", 0.5),
+        ("lr_decay", "none"),
+        ("lr_decay", STEP_DECAY),
+        ("collapse_patience", 0),
+        ("lr", 0.01),
+        ("topology", "ConvSmallmean"),
+    ],
+)
 def test_each_recipe_knob_changes_the_job_key(field, value):
     base = JobConfig(**BASE)
     changed = JobConfig(**{**BASE, field: value})
     assert changed.key != base.key
-    assert changed.identity()[field] == (value if not isinstance(value, dict)
-                                          else changed.model_dump(mode="json")[field])
+    assert changed.identity()[field] == (
+        value if not isinstance(value, dict) else changed.model_dump(mode="json")[field]
+    )
 
 
 def test_the_default_recipe():
@@ -72,8 +79,15 @@ def test_input_scalings_against_the_raw_values():
 
 def test_loaded_mnist_like_images_come_back_in_unit_range(tmp_path):
     pytest.importorskip("torchvision")
-    job = JobConfig(**{**BASE, "dataset": "mnist1d", "data_params": {"num_samples": 1000},
-                       "val_size": 100, "input_scaling": "per_input"})
+    job = JobConfig(
+        **{
+            **BASE,
+            "dataset": "mnist1d",
+            "data_params": {"num_samples": 1000},
+            "val_size": 100,
+            "input_scaling": "per_input",
+        }
+    )
     prep = prepare(job, torch.device("cpu"))
     flat = prep.x_unl.flatten(1)
     torch.testing.assert_close(flat.mean(1), torch.zeros(len(flat)), atol=1e-5, rtol=0)
@@ -151,22 +165,31 @@ def test_health_of_a_live_and_of_a_dead_network():
 def test_a_collapsed_run_is_flagged_and_stops_early():
     # Entropy minimisation alone (alpha 0, beta 0) at a high rate sends every input to one class
     # within the first epoch.
-    config = JobConfig(**{**BASE, "epochs": 6, "lr": 0.3, "alpha": 0.0, "beta": 0.0,
-                          "collapse_patience": 2})
+    config = JobConfig(**{**BASE, "epochs": 6, "lr": 0.3, "alpha": 0.0, "beta": 0.0, "collapse_patience": 2})
     reports = []
     final, _ = train(config, device="cpu", on_epoch=reports.append)
     assert [r.metrics["collapsed"] for r in reports] == [1.0, 1.0]  # stopped after two
     assert reports[-1].metrics["pred_entropy"] == 0.0
     assert final["stopped_collapsed"] == 1.0
     unstopped = []
-    train(config.model_copy(update={"collapse_patience": 0, "epochs": 3}), device="cpu",
-          on_epoch=unstopped.append)
+    train(config.model_copy(update={"collapse_patience": 0, "epochs": 3}), device="cpu", on_epoch=unstopped.append)
     assert len(unstopped) == 3 and "stopped_collapsed" not in unstopped[-1].metrics
     # A network that learns (MNIST-1D, 200 labels, supervised) uses every class.
     healthy = []
-    train(JobConfig(topology="MLP", dataset="mnist1d", data_params={"num_samples": 2000},
-                    val_size=200, n_labeled=200, epochs=2, batch_labeled=32, alpha=1.0),
-          device="cpu", on_epoch=healthy.append)
+    train(
+        JobConfig(
+            topology="MLP",
+            dataset="mnist1d",
+            data_params={"num_samples": 2000},
+            val_size=200,
+            n_labeled=200,
+            epochs=2,
+            batch_labeled=32,
+            alpha=1.0,
+        ),
+        device="cpu",
+        on_epoch=healthy.append,
+    )
     assert all(r.metrics["collapsed"] == 0.0 for r in healthy)
     assert all(0.0 <= r.metrics["dead_units"] < 1.0 for r in healthy)
 
@@ -178,25 +201,29 @@ def test_migration_gives_older_jobs_the_recipe_they_ran_with(sqlite_url):
     for k in ("input_scaling", "init", "lr_warmup", "collapse_patience", "entropy"):
         del old[k]
     identity = {k: v for k, v in old.items() if k not in ("data_root", "download", "device")}
-    old_key = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":"))
-                             .encode()).hexdigest()
+    old_key = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     raw = db_session.make_engine(sqlite_url)
     with raw.begin() as conn:
-        conn.execute(insert(Job).values(key=old_key, config=old, status="done", attempts=1,
-                                        epochs_done=2, created_at=datetime.now(timezone.utc)))
+        conn.execute(
+            insert(Job).values(
+                key=old_key, config=old, status="done", attempts=1, epochs_done=2, created_at=datetime.now(timezone.utc)
+            )
+        )
     raw.dispose()
     engine = open_engine(sqlite_url, upgrade=True)
     with engine.connect() as conn:
         row = conn.execute(select(Job.key, Job.config)).one()
     engine.dispose()
     ran = JobConfig(**row.config)
-    assert (ran.input_scaling, ran.init, ran.lr_warmup, ran.collapse_patience) == \
-        ("standardize", "kaiming", 0.0, 0)
+    assert (ran.input_scaling, ran.init, ran.lr_warmup, ran.collapse_patience) == ("standardize", "kaiming", 0.0, 0)
     assert row.key == ran.key != old_key
     # Back down is refused once a job ran with another recipe than the legacy one.
     engine = open_engine(sqlite_url)
-    queue.enqueue(engine, queue.ensure_sweep(engine, "new", {}),
-                  [(JobConfig(**BASE).key, JobConfig(**BASE).model_dump(mode="json"))])
+    queue.enqueue(
+        engine,
+        queue.ensure_sweep(engine, "new", {}),
+        [(JobConfig(**BASE).key, JobConfig(**BASE).model_dump(mode="json"))],
+    )
     engine.dispose()
     with pytest.raises(RuntimeError, match="revision 0001"):
         alembic_on(sqlite_url, command.downgrade, "0001")

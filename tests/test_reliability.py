@@ -26,8 +26,9 @@ grid: {topology: [MLP], n_labeled: [20], alpha: [0.5], seed: [0]}
 def invssl(*args, cwd, check=True, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
     env.pop("INVSSL_DB", None)
-    proc = subprocess.run([sys.executable, "-m", "invssl", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, **kw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invssl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, **kw
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -65,8 +66,11 @@ def test_a_job_killed_between_its_last_epoch_and_finish_resumes_with_its_result(
     # As left by a worker killed after recording epoch 2 and before marking the job done.
     engine = open_engine(url)
     with engine.begin() as conn:
-        conn.execute(update(Job).values(status="running", result=None, finished_at=None,
-                                        host=socket.gethostname(), pid=dead_pid()))
+        conn.execute(
+            update(Job).values(
+                status="running", result=None, finished_at=None, host=socket.gethostname(), pid=dead_pid()
+            )
+        )
     engine.dispose()
     out = invssl("resume", "--db", str(copy), "--quiet", cwd=tmp_path).stdout
     assert "1 interrupted" in out
@@ -117,8 +121,10 @@ def test_a_database_in_a_read_only_directory_can_be_read(tmp_path, restore_modes
     assert report.returncode == 0 and "MLP" in report.stdout, report.stderr
     plan = invssl("sweep", "tiny.yaml", "--dry-run", "--no-calibrate", cwd=tmp_path, check=False, **run)
     assert plan.returncode == 0 and "1 jobs, 1 already done" in plan.stdout, plan.stderr
-    one_line_error(invssl("sweep", "tiny.yaml", "--quiet", cwd=tmp_path, check=False, **run),
-                   f"the directory {tmp_path} is read-only")
+    one_line_error(
+        invssl("sweep", "tiny.yaml", "--quiet", cwd=tmp_path, check=False, **run),
+        f"the directory {tmp_path} is read-only",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

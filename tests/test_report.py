@@ -17,7 +17,7 @@ import pytest
 
 from invssl import plots, report
 from invssl.config import JobConfig
-from invssl.db import queue
+from invssl.db import queue, reads
 from invssl.db.session import open_engine, open_existing
 from invssl.errors import ConfigError, DatabaseError, DataError, UnknownNameError
 
@@ -48,21 +48,30 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _cfg(topology, n_labeled, alpha, beta, seed, **extra):
-    return JobConfig(topology=topology, n_labeled=n_labeled, alpha=alpha, beta=beta, seed=seed,
-                     **{**MNIST, **extra})
+    return JobConfig(topology=topology, n_labeled=n_labeled, alpha=alpha, beta=beta, seed=seed, **{**MNIST, **extra})
 
 
 def _epoch_metrics(val, test, epochs=3):
     # Earlier epochs are worse; the last epoch equals the final result.
-    return [{"loss": 1.0 / e, "ce": 0.5 / e, "recon": 0.3 / e, "entropy": 0.2 / e,
-             "val_acc": val - 0.01 * (epochs - e), "test_acc": test - 0.01 * (epochs - e),
-             "recon_err": 0.1, "lr": 0.01, "wall_s": 1.0} for e in range(1, epochs + 1)]
+    return [
+        {
+            "loss": 1.0 / e,
+            "ce": 0.5 / e,
+            "recon": 0.3 / e,
+            "entropy": 0.2 / e,
+            "val_acc": val - 0.01 * (epochs - e),
+            "test_acc": test - 0.01 * (epochs - e),
+            "recon_err": 0.1,
+            "lr": 0.01,
+            "wall_s": 1.0,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def _run_all(engine, sweep_id, plan):
     """Claim every pending job of the sweep and play its plan: (epoch metrics, result, error)."""
-    while (claim := queue.claim(engine, worker="test", host="test", pid=os.getpid(),
-                                sweep_id=sweep_id)) is not None:
+    while (claim := queue.claim(engine, worker="test", host="test", pid=os.getpid(), sweep_id=sweep_id)) is not None:
         epochs, result, error = plan.pop(claim.key)
         for epoch, metrics in enumerate(epochs, start=1):
             queue.record_epoch(engine, claim.job_id, claim.attempt, epoch, metrics, None)
@@ -105,7 +114,7 @@ def table_db(tmp_path_factory):
 # --------------------------------------------------------------------------- Table 2
 def test_table2_selects_by_validation_and_matches_hand_computation(table_db):
     engine = open_existing(table_db)
-    counts = queue.status_counts(engine, sweep="table2")
+    counts = reads.status_counts(engine, sweep="table2")
     assert [counts.get(s, 0) for s in ("done", "running", "failed", "pending")] == [len(FINISHED), 1, 1, 1]
     jobs = report.load_jobs(engine, "table2")
     assert set(jobs["status"]) == {"done"} and len(jobs) == len(FINISHED)
@@ -141,8 +150,7 @@ def test_table2_selects_by_validation_and_matches_hand_computation(table_db):
 def test_schedule_labels():
     assert report.weight_label(0.5) == 0.5
     assert report.weight_label({"kind": "constant", "value": 1}) == 1.0
-    assert report.weight_label({"kind": "cosine", "start": 1, "end": 0.25, "until": 8, "since": 2}) \
-        == "cos(1>0.25@2-8)"
+    assert report.weight_label({"kind": "cosine", "start": 1, "end": 0.25, "until": 8, "since": 2}) == "cos(1>0.25@2-8)"
     assert report.weight_label({"kind": "step", "values": [0.1, 0.5, 1], "at": [5, 10]}) == "step(0.1>0.5>1@5,10)"
 
 
@@ -173,7 +181,7 @@ def test_every_format_parses_back(table_db):
     assert "| Resnet2-32max | 98.90 ± 0.36 (0.3, 0.5) n=3 |" in md
 
     tex = report.render(table, "latex")
-    body = tex[tex.index(r"\midrule"):tex.index(r"\bottomrule")]
+    body = tex[tex.index(r"\midrule") : tex.index(r"\bottomrule")]
     rows = [ln for ln in body.splitlines() if ln.endswith(r"\\")]
     assert len(rows) == n_rows
     assert all(ln.count(" & ") == n_cols - 1 for ln in rows)
@@ -262,8 +270,7 @@ def test_image_reconstruction_grid(tmp_path):
 def _cli(*args, env_db=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
     env.pop("INVSSL_DB", None)
-    return subprocess.run([sys.executable, "-m", "invssl", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "invssl", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 def _one_line_error(proc, pattern):
@@ -291,16 +298,26 @@ def test_cli_errors_are_one_line_exit_2(table_db, tmp_path):
 
 def test_cli_plot_metric_against_field(table_db, tmp_path):
     out = tmp_path / "fig2.png"
-    proc = _cli("plot", "--sweep", "table2", "--x", "alpha", "--y", "test_acc", "--output", str(out),
-                "--db", table_db)
+    proc = _cli("plot", "--sweep", "table2", "--x", "alpha", "--y", "test_acc", "--output", str(out), "--db", table_db)
     assert proc.returncode == 0, proc.stderr
     assert _png_size(out) == (800, 500)
 
 
 def test_cli_report_writes_markdown(table_db, tmp_path):
     out = tmp_path / "t2.md"
-    proc = _cli("report", "--table", "mnist", "--sweep", "table2", "--format", "markdown",
-                "--output", str(out), "--db", table_db)
+    proc = _cli(
+        "report",
+        "--table",
+        "mnist",
+        "--sweep",
+        "table2",
+        "--format",
+        "markdown",
+        "--output",
+        str(out),
+        "--db",
+        table_db,
+    )
     assert proc.returncode == 0, proc.stderr
     assert str(out) in proc.stdout
     text = out.read_text()
@@ -315,7 +332,7 @@ def test_reconstruct_a_really_trained_tiny_job(tmp_path):
     cfg = JobConfig(topology="MLP", dataset="chirps", data_params={
         "n_train": 200, "n_test": 40, "sample_rate": 2000, "duration_ms": 200},
         val_size=40, n_labeled=20, epochs=1, batch_labeled=10, batch_unlabeled=40,
-        steps_per_epoch=3, lr=0.003, alpha=0.5, beta=0.5)
+        steps_per_epoch=3, lr=0.003, alpha=0.5, beta=0.5)  # fmt: skip
     sweep_id = queue.ensure_sweep(engine, "tiny", {"name": "tiny"})
     queue.enqueue(engine, sweep_id, [(cfg.key, cfg.model_dump(mode="json"))])
     summary = Worker(engine=engine, device="cpu").run(sweep_id=sweep_id)
@@ -337,9 +354,14 @@ def test_a_tuned_baseline_names_its_rate_and_a_collapsed_cell_says_so(tmp_path):
     # Supervised at 100 labels with three rates: 0.003 wins on validation, 0.01 on test.
     # The 0.01 runs collapsed (one class predicted) on one seed of two.
     plan, configs = {}, []
-    for lr, seed, val, test, collapsed in [(0.001, 0, 0.80, 0.81, 0), (0.001, 1, 0.82, 0.80, 0),
-                                           (0.003, 0, 0.86, 0.85, 0), (0.003, 1, 0.88, 0.86, 0),
-                                           (0.01, 0, 0.10, 0.98, 1), (0.01, 1, 0.84, 0.99, 0)]:
+    for lr, seed, val, test, collapsed in [
+        (0.001, 0, 0.80, 0.81, 0),
+        (0.001, 1, 0.82, 0.80, 0),
+        (0.003, 0, 0.86, 0.85, 0),
+        (0.003, 1, 0.88, 0.86, 0),
+        (0.01, 0, 0.10, 0.98, 1),
+        (0.01, 1, 0.84, 0.99, 0),
+    ]:
         config = _cfg("ConvSmallmax", 100, 1.0, 0.0, seed, lr=lr)
         epochs = _epoch_metrics(val, test)
         epochs[-1] = {**epochs[-1], "collapsed": float(collapsed), "pred_entropy": 0.0 if collapsed else 0.99}

@@ -28,8 +28,9 @@ grid:
 def invssl(*args, cwd, check=True, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
     env.pop("INVSSL_DB", None)
-    proc = subprocess.run([sys.executable, "-m", "invssl", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, **kw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invssl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, **kw
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -67,16 +68,19 @@ def test_sweep_end_to_end_then_grow(tmp_path):
     assert len(rows(url, Epoch)) == 12
 
 
-@pytest.mark.parametrize("patch,message", [
-    (("alpha: [0.5, 1.0]", "alpah: [0.5]"), "grid.alpah: unknown field"),
-    (("alpha: [0.5, 1.0]", "alpha: [2]"), "alpha: must lie in [0, 1]"),
-    (("[MLP]", "[Nope]"), "unknown topology 'Nope'; valid:"),
-    (("dataset: chirps", "dataset: nope"), "unknown dataset 'nope'; valid:"),
-    (("n_labeled: [20]", "n_labeled: [21]"), "not divisible by the 10 classes"),
-    (("n_labeled: [20]", "n_labeled: [1000]"), "exceeds the 300 training examples"),
-    (("seed: [0, 1]", "seed: []"), "grid.seed: empty list"),
-    (("grid:", "grid: ["), "YAML syntax error at line"),
-])
+@pytest.mark.parametrize(
+    "patch,message",
+    [
+        (("alpha: [0.5, 1.0]", "alpah: [0.5]"), "grid.alpah: unknown field"),
+        (("alpha: [0.5, 1.0]", "alpha: [2]"), "alpha: must lie in [0, 1]"),
+        (("[MLP]", "[Nope]"), "unknown topology 'Nope'; valid:"),
+        (("dataset: chirps", "dataset: nope"), "unknown dataset 'nope'; valid:"),
+        (("n_labeled: [20]", "n_labeled: [21]"), "not divisible by the 10 classes"),
+        (("n_labeled: [20]", "n_labeled: [1000]"), "exceeds the 300 training examples"),
+        (("seed: [0, 1]", "seed: []"), "grid.seed: empty list"),
+        (("grid:", "grid: ["), "YAML syntax error at line"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, patch, message):
     (tmp_path / "bad.yaml").write_text(TINY.replace(*patch))
     proc = invssl("sweep", "bad.yaml", cwd=tmp_path, check=False)
@@ -119,8 +123,13 @@ def _start_sweep(tmp_path):
     (tmp_path / "slow.yaml").write_text(SLOW)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("INVSSL_DB", None)
-    return subprocess.Popen([sys.executable, "-m", "invssl", "sweep", "slow.yaml", "--quiet"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invssl", "sweep", "slow.yaml", "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_kill_9_mid_job_then_resume(tmp_path):

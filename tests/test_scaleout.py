@@ -35,8 +35,13 @@ def _env(url):
 
 
 def _worker(url, *args):
-    return subprocess.Popen([sys.executable, "-m", "invssl", "worker", "--quiet", *args],
-                            env=_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invssl", "worker", "--quiet", *args],
+        env=_env(url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _enqueue(tmp_path, url, text):
@@ -105,8 +110,14 @@ def test_sigkill_then_another_worker_takes_over_after_the_grace_period(tmp_path,
 
 def test_sigterm_checkpoints_the_epoch_in_progress_and_exits_0(tmp_path, db_url):
     (tmp_path / "slow.yaml").write_text(SLOW)
-    out = subprocess.run([sys.executable, "-m", "invssl", "sweep", "slow.yaml", "--enqueue-only"],
-                         cwd=tmp_path, env=_env(db_url), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "invssl", "sweep", "slow.yaml", "--enqueue-only"],
+        cwd=tmp_path,
+        env=_env(db_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "1 jobs (1 new" in out.stdout, out.stderr
     assert [j.status for j in jobs_and_epochs(db_url)[0]] == ["pending"]
     proc = _worker(db_url)
@@ -128,9 +139,43 @@ def test_sigterm_checkpoints_the_epoch_in_progress_and_exits_0(tmp_path, db_url)
 
 def test_sweep_with_two_local_workers(tmp_path, sqlite_url):
     (tmp_path / "grid.yaml").write_text(TRIVIAL.replace(str(list(range(48))), "[0, 1, 2, 3, 4, 5]"))
-    proc = subprocess.run([sys.executable, "-m", "invssl", "sweep", "grid.yaml", "--workers", "2"],
-                          cwd=tmp_path, env=_env(sqlite_url), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invssl", "sweep", "grid.yaml", "--workers", "2"],
+        cwd=tmp_path,
+        env=_env(sqlite_url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "started 2 workers" in proc.stdout and "6 done" in proc.stdout
     jobs, _ = jobs_and_epochs(sqlite_url)
     assert len(jobs) == 6 and {j.status for j in jobs} == {"done"}
+
+
+def test_a_multi_worker_sweep_holds_one_engine_in_its_parent(tmp_path, sqlite_url, monkeypatch):
+    """The sweep's own process opens one engine for the whole command: its display polls the
+    database about once a second while the workers run, through that engine, not a new one."""
+    from sqlalchemy import Engine, event
+    from typer.testing import CliRunner
+
+    from invssl.cli import app
+
+    open_engine(sqlite_url).dispose()  # the schema exists: the migration's own engine is not counted
+    (tmp_path / "grid.yaml").write_text(TRIVIAL.replace(str(list(range(48))), "[0, 1, 2, 3]"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    engines = []
+
+    def connected(conn):
+        if not any(conn.engine is e for e in engines):
+            engines.append(conn.engine)
+
+    event.listen(Engine, "engine_connect", connected)
+    try:
+        result = CliRunner().invoke(app, ["sweep", "grid.yaml", "--workers", "2", "--db", sqlite_url])
+    finally:
+        event.remove(Engine, "engine_connect", connected)
+    assert len(engines) == 1, [str(e.url) for e in engines]
+    assert result.exit_code == 0, result.output
+    assert "started 2 workers" in result.output and "4 done" in result.output

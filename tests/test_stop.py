@@ -21,13 +21,18 @@ grid: {topology: [MLP], n_labeled: [10], alpha: [0.5], seed: SEEDS}
 
 
 def start_sweep(tmp_path, url, seeds, epochs=6, *args):
-    (tmp_path / "grid.yaml").write_text(GRID.replace("SEEDS", str(list(seeds)))
-                                        .replace("EPOCHS", str(epochs)))
+    (tmp_path / "grid.yaml").write_text(GRID.replace("SEEDS", str(list(seeds))).replace("EPOCHS", str(epochs)))
     env = dict(os.environ, OMP_NUM_THREADS="1", INVSSL_DB=url)
     # A session of its own: the test signals the sweep's process group as a terminal would.
-    return subprocess.Popen([sys.executable, "-m", "invssl", "sweep", "grid.yaml", "--quiet", *args],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invssl", "sweep", "grid.yaml", "--quiet", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_until(check, proc, timeout=180):
@@ -59,8 +64,9 @@ def alive(pid):
 
 def invssl(*args, url, cwd):
     env = dict(os.environ, OMP_NUM_THREADS="1", INVSSL_DB=url)
-    return subprocess.run([sys.executable, "-m", "invssl", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "invssl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_ctrl_c_to_a_sweep_of_two_workers_hands_every_job_back(tmp_path):
@@ -139,9 +145,12 @@ def test_a_sweep_of_two_workers_holds_a_bounded_number_of_connections(tmp_path, 
     try:
         while sweep.poll() is None:
             with engine.connect() as conn:
-                counts.append(conn.scalar(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"),
-                    {"n": name}))
+                counts.append(
+                    conn.scalar(
+                        text("SELECT count(*) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"),
+                        {"n": name},
+                    )
+                )
             time.sleep(0.2)
     finally:
         engine.dispose()

@@ -124,8 +124,7 @@ class SweepJob(Base):
     __tablename__ = "sweep_jobs"
 
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True,
-                                        index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, index=True)
 
 
 class Epoch(Base):
@@ -148,8 +147,7 @@ class Epoch(Base):
     extra: Mapped[Optional[dict[str, Any]]]
 
 
-EPOCH_METRICS: tuple[str, ...] = ("loss", "ce", "recon", "entropy", "val_acc", "test_acc",
-                                  "recon_err", "lr", "wall_s")
+EPOCH_METRICS: tuple[str, ...] = ("loss", "ce", "recon", "entropy", "val_acc", "test_acc", "recon_err", "lr", "wall_s")
 
 
 class Checkpoint(Base):

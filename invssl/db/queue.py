@@ -1,47 +1,40 @@
-"""The job queue: enqueue, claim, heartbeat, record, finish, and the reports' queries.
+"""The job queue: enqueue, claim, heartbeat, record, finish (the reads are in ``reads.py``).
 
 Every function is one short transaction, run again from its start when the connection to a
 restarting server is lost (``retry.retried``). A worker's writes carry the attempt number it
 claimed; they apply only while the job is still running under that attempt, so a worker
 presumed dead (and its job handed to another) cannot overwrite the retry: it gets
 ``StaleAttemptError``.
-Times come from the database's clock, so hosts with skewed clocks agree on heartbeat ages.
+Times come from the database's clock (``sql.now``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    Interval,
     and_,
     delete,
-    func,
-    inspect,
-    literal,
     or_,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from invssl.db.models import EPOCH_METRICS, STATUSES, Checkpoint, Epoch, Job, Sweep, SweepJob, UTCDateTime
+from invssl.db import sql
+from invssl.db.models import EPOCH_METRICS, Checkpoint, Epoch, Job, Sweep, SweepJob
 from invssl.db.retry import retried
-from invssl.db.session import peek, read_connection
+from invssl.db.session import read_connection
 from invssl.errors import InvsslError
 
 # Any constant shared by every invssl process ("invq" in ASCII).
 _ENQUEUE_LOCK_KEY = 0x696E7671
-# Rows per statement when a list of keys goes into an IN (...) clause.
-_CHUNK = 500
 
 
 class StaleAttemptError(InvsslError):
@@ -57,33 +50,15 @@ class Claim:
     epochs_done: int
 
 
-def _now(conn: Connection, ago_s: float = 0.0) -> ColumnElement[datetime]:
-    """The database's current UTC time, minus ``ago_s`` seconds, as a SQL expression."""
-    if conn.dialect.name == "sqlite":
-        return func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{-ago_s:+.6f} seconds", type_=UTCDateTime)
-    now = func.now(type_=UTCDateTime)
-    return now - literal(timedelta(seconds=ago_s), Interval()) if ago_s else now
-
-
-def _insert(conn: Connection, table: Any) -> Any:
-    """INSERT with ON CONFLICT support: both back-ends have it, under their own dialect."""
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
-
-
-def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i:i + _CHUNK]
-
-
 # ---------------------------------------------------------------------------- enqueue
 @retried
 def ensure_sweep(engine: Engine, name: str, spec: dict[str, Any]) -> int:
     """The sweep called ``name``, created if new; its spec becomes ``spec`` (a grid may grow)."""
     with engine.begin() as conn:
-        stmt = _insert(conn, Sweep).values(name=name, spec=json.dumps(spec, sort_keys=True),
-                                           created_at=_now(conn))
-        stmt = stmt.on_conflict_do_update(index_elements=[Sweep.name],
-                                          set_={"spec": stmt.excluded.spec})
+        stmt = sql.insert(conn, Sweep).values(
+            name=name, spec=json.dumps(spec, sort_keys=True), created_at=sql.now(conn)
+        )
+        stmt = stmt.on_conflict_do_update(index_elements=[Sweep.name], set_={"spec": stmt.excluded.spec})
         return conn.execute(stmt.returning(Sweep.id)).scalar_one()
 
 
@@ -97,30 +72,39 @@ def enqueue(engine: Engine, sweep_id: int, jobs: list[tuple[str, dict[str, Any]]
     unique = dict(jobs)
     if not unique:
         return 0, 0
-    rows = [{"key": key, "config": config, "topology": config.get("topology"),
-             "dataset": config.get("dataset"), "n_labeled": config.get("n_labeled"),
-             "seed": config.get("seed")} for key, config in unique.items()]
+    rows = [
+        {
+            "key": key,
+            "config": config,
+            "topology": config.get("topology"),
+            "dataset": config.get("dataset"),
+            "n_labeled": config.get("n_labeled"),
+            "seed": config.get("seed"),
+        }
+        for key, config in unique.items()
+    ]
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Enqueues of overlapping lists in different orders would wait on each other's new
             # keys and die as deadlocks; one at a time (as on SQLite) keeps the caller's order,
             # which is the claim order.
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ENQUEUE_LOCK_KEY})
-        stmt = _insert(conn, Job).values(status="pending", attempts=0, epochs_done=0,
-                                         created_at=_now(conn))
+        stmt = sql.insert(conn, Job).values(status="pending", attempts=0, epochs_done=0, created_at=sql.now(conn))
         stmt = stmt.on_conflict_do_nothing(index_elements=[Job.key]).returning(Job.id)
         new = len(conn.execute(stmt, rows).all())
-        ids = sorted(job_id for chunk in _chunks(list(unique))
-                     for job_id in conn.scalars(select(Job.id).where(Job.key.in_(chunk))))
-        link = _insert(conn, SweepJob).on_conflict_do_nothing()
+        ids = sorted(
+            job_id
+            for chunk in sql.chunks(list(unique))
+            for job_id in conn.scalars(select(Job.id).where(Job.key.in_(chunk)))
+        )
+        link = sql.insert(conn, SweepJob).on_conflict_do_nothing()
         conn.execute(link, [{"sweep_id": sweep_id, "job_id": job_id} for job_id in ids])
     return new, len(unique) - new
 
 
 # ------------------------------------------------------------------------------ claim
 @retried
-def claim(engine: Engine, *, worker: str, host: str, pid: int,
-          sweep_id: Optional[int] = None) -> Optional[Claim]:
+def claim(engine: Engine, *, worker: str, host: str, pid: int, sweep_id: Optional[int] = None) -> Optional[Claim]:
     """Take the oldest pending job (of ``sweep_id``, if given) for this worker, or None."""
     with engine.begin() as conn:
         pick = select(Job.id).where(Job.status == "pending")
@@ -129,23 +113,36 @@ def claim(engine: Engine, *, worker: str, host: str, pid: int,
         # SKIP LOCKED lets concurrent workers on PostgreSQL take different jobs without waiting;
         # SQLite ignores it, its BEGIN IMMEDIATE already lets one writer at a time in.
         pick = pick.order_by(Job.id).limit(1).with_for_update(skip_locked=True).scalar_subquery()
-        now = _now(conn)
-        stmt = (update(Job).where(Job.id == pick)
-                .values(status="running", attempts=Job.attempts + 1, worker=worker, host=host,
-                        pid=pid, heartbeat_at=now, started_at=now, finished_at=None, error=None)
-                .returning(Job.id, Job.key, Job.attempts, Job.config, Job.epochs_done))
+        now = sql.now(conn)
+        stmt = (
+            update(Job)
+            .where(Job.id == pick)
+            .values(
+                status="running",
+                attempts=Job.attempts + 1,
+                worker=worker,
+                host=host,
+                pid=pid,
+                heartbeat_at=now,
+                started_at=now,
+                finished_at=None,
+                error=None,
+            )
+            .returning(Job.id, Job.key, Job.attempts, Job.config, Job.epochs_done)
+        )
         row = conn.execute(stmt).one_or_none()
     if row is None:
         return None
-    return Claim(job_id=row.id, key=row.key, attempt=row.attempts, config=row.config,
-                 epochs_done=row.epochs_done)
+    return Claim(job_id=row.id, key=row.key, attempt=row.attempts, config=row.config, epochs_done=row.epochs_done)
 
 
 def _guarded(conn: Connection, job_id: int, attempt: int, **values: Any) -> None:
     """Update the job if it still runs under ``attempt``; else raise (the transaction rolls back)."""
-    result = conn.execute(update(Job)
-                          .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-                          .values(heartbeat_at=_now(conn), **values))
+    result = conn.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+        .values(heartbeat_at=sql.now(conn), **values)
+    )
     if result.rowcount != 1:
         raise StaleAttemptError(f"job {job_id} is no longer running as attempt {attempt}")
 
@@ -157,8 +154,9 @@ def heartbeat(engine: Engine, job_id: int, attempt: int) -> None:
 
 
 @retried
-def set_job_info(engine: Engine, job_id: int, attempt: int, *,
-                 env: Optional[dict[str, Any]] = None, split: Optional[str] = None) -> None:
+def set_job_info(
+    engine: Engine, job_id: int, attempt: int, *, env: Optional[dict[str, Any]] = None, split: Optional[str] = None
+) -> None:
     """Store what produced the result (``env``) and the labeled/validation split (JSON text)."""
     values: dict[str, Any] = {}
     if env is not None:
@@ -171,13 +169,17 @@ def set_job_info(engine: Engine, job_id: int, attempt: int, *,
 
 def _store_checkpoint(conn: Connection, job_id: int, attempt: int, epoch: int, data: bytes) -> None:
     conn.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
-    conn.execute(_insert(conn, Checkpoint).values(job_id=job_id, epoch=epoch, attempt=attempt,
-                                                  data=data, created_at=_now(conn)))
+    conn.execute(
+        sql.insert(conn, Checkpoint).values(
+            job_id=job_id, epoch=epoch, attempt=attempt, data=data, created_at=sql.now(conn)
+        )
+    )
 
 
 @retried
-def record_epoch(engine: Engine, job_id: int, attempt: int, epoch: int, metrics: dict[str, Any],
-                 checkpoint: Optional[bytes]) -> None:
+def record_epoch(
+    engine: Engine, job_id: int, attempt: int, epoch: int, metrics: dict[str, Any], checkpoint: Optional[bytes]
+) -> None:
     """Store epoch ``epoch``'s metrics and, in the same transaction, the checkpoint after it.
 
     Metrics other than the table's columns go to ``extra``. Rows of this and later epochs from
@@ -188,8 +190,7 @@ def record_epoch(engine: Engine, job_id: int, attempt: int, epoch: int, metrics:
     with engine.begin() as conn:
         _guarded(conn, job_id, attempt, epochs_done=epoch)
         conn.execute(delete(Epoch).where(Epoch.job_id == job_id, Epoch.epoch >= epoch))
-        conn.execute(_insert(conn, Epoch).values(job_id=job_id, epoch=epoch, attempt=attempt,
-                                                 extra=extra, **known))
+        conn.execute(sql.insert(conn, Epoch).values(job_id=job_id, epoch=epoch, attempt=attempt, extra=extra, **known))
         if checkpoint is not None:
             _store_checkpoint(conn, job_id, attempt, epoch, checkpoint)
 
@@ -207,8 +208,7 @@ def save_checkpoint(engine: Engine, job_id: int, attempt: int, data: bytes) -> N
 def load_checkpoint(engine: Engine, job_id: int) -> Optional[tuple[int, bytes]]:
     """``(epoch, data)`` of the job's latest checkpoint, or None."""
     with read_connection(engine) as conn:
-        row = conn.execute(select(Checkpoint.epoch, Checkpoint.data)
-                           .where(Checkpoint.job_id == job_id)).one_or_none()
+        row = conn.execute(select(Checkpoint.epoch, Checkpoint.data).where(Checkpoint.job_id == job_id)).one_or_none()
     return None if row is None else (row.epoch, bytes(row.data))
 
 
@@ -223,14 +223,16 @@ def finish(engine: Engine, job_id: int, attempt: int, result: dict[str, Any]) ->
     with engine.begin() as conn:
         if not result:
             result = _recorded_result(conn, job_id)
-        _guarded(conn, job_id, attempt, status="done", result=result, error=None,
-                 finished_at=_now(conn))
+        _guarded(conn, job_id, attempt, status="done", result=result, error=None, finished_at=sql.now(conn))
 
 
 def _recorded_result(conn: Connection, job_id: int) -> dict[str, Any]:
     columns = [getattr(Epoch, k) for k in EPOCH_METRICS]
-    row = conn.execute(select(*columns, Epoch.extra).join(Job, Job.id == Epoch.job_id)
-                       .where(Epoch.job_id == job_id, Epoch.epoch == Job.epochs_done)).one_or_none()
+    row = conn.execute(
+        select(*columns, Epoch.extra)
+        .join(Job, Job.id == Epoch.job_id)
+        .where(Epoch.job_id == job_id, Epoch.epoch == Job.epochs_done)
+    ).one_or_none()
     if row is None:
         raise InvsslError(f"job {job_id} finished without a recorded epoch to take its result from")
     result = {k: getattr(row, k) for k in EPOCH_METRICS if getattr(row, k) is not None}
@@ -240,7 +242,7 @@ def _recorded_result(conn: Connection, job_id: int) -> dict[str, Any]:
 @retried
 def fail(engine: Engine, job_id: int, attempt: int, error: str) -> None:
     with engine.begin() as conn:
-        _guarded(conn, job_id, attempt, status="failed", error=error, finished_at=_now(conn))
+        _guarded(conn, job_id, attempt, status="failed", error=error, finished_at=sql.now(conn))
 
 
 @retried
@@ -252,23 +254,27 @@ def release(engine: Engine, job_id: int, attempt: int) -> None:
 
 # ----------------------------------------------------------------------- maintenance
 @retried
-def reap(engine: Engine, *, stale_after_s: float, host: Optional[str] = None,
-         alive: Optional[Callable[[int], bool]] = None) -> list[int]:
+def reap(
+    engine: Engine, *, stale_after_s: float, host: Optional[str] = None, alive: Optional[Callable[[int], bool]] = None
+) -> list[int]:
     """Put running jobs of dead workers back to pending; returns their ids.
 
     Dead means no heartbeat for ``stale_after_s`` seconds or, for jobs of ``host`` when
     ``alive`` is given, a pid for which ``alive(pid)`` is false.
     """
     with engine.begin() as conn:
-        dead: list[ColumnElement[bool]] = [Job.heartbeat_at < _now(conn, stale_after_s)]
+        dead: list[ColumnElement[bool]] = [Job.heartbeat_at < sql.now(conn, stale_after_s)]
         if host is not None and alive is not None:
-            local = conn.execute(select(Job.id, Job.attempts, Job.pid)
-                                 .where(Job.status == "running", Job.host == host)).all()
+            local = conn.execute(
+                select(Job.id, Job.attempts, Job.pid).where(Job.status == "running", Job.host == host)
+            ).all()
             # The attempt pins the exact claim whose process was found dead.
-            dead += [and_(Job.id == r.id, Job.attempts == r.attempts)
-                     for r in local if r.pid is not None and not alive(r.pid)]
-        stmt = (update(Job).where(Job.status == "running", or_(*dead))
-                .values(status="pending").returning(Job.id))
+            dead += [
+                and_(Job.id == r.id, Job.attempts == r.attempts)
+                for r in local
+                if r.pid is not None and not alive(r.pid)
+            ]
+        stmt = update(Job).where(Job.status == "running", or_(*dead)).values(status="pending").returning(Job.id)
         return sorted(conn.scalars(stmt))
 
 
@@ -276,102 +282,9 @@ def reap(engine: Engine, *, stale_after_s: float, host: Optional[str] = None,
 def retry_failed(engine: Engine, *, max_attempts: int) -> int:
     """Put failed jobs tried fewer than ``max_attempts`` times back to pending; returns how many."""
     with engine.begin() as conn:
-        result = conn.execute(update(Job)
-                              .where(Job.status == "failed", Job.attempts < max_attempts)
-                              .values(status="pending", error=None, finished_at=None))
+        result = conn.execute(
+            update(Job)
+            .where(Job.status == "failed", Job.attempts < max_attempts)
+            .values(status="pending", error=None, finished_at=None)
+        )
         return result.rowcount
-
-
-# --------------------------------------------------------------------------- reports
-@retried
-def status_counts(engine: Engine, sweep: Optional[str] = None) -> dict[str, int]:
-    """Jobs per status (every status present, zeros included), of one sweep if named."""
-    stmt = select(Job.status, func.count()).group_by(Job.status)
-    if sweep is not None:
-        stmt = stmt.join(SweepJob, SweepJob.job_id == Job.id).join(Sweep, Sweep.id == SweepJob.sweep_id)
-        stmt = stmt.where(Sweep.name == sweep)
-    with read_connection(engine) as conn:
-        counts = {status: n for status, n in conn.execute(stmt)}
-    return {status: counts.get(status, 0) for status in STATUSES}
-
-
-def _label(row: Any) -> str:
-    return f"{row.topology} {row.dataset} N_L={row.n_labeled} seed={row.seed}"
-
-
-@retried
-def running_jobs(engine: Engine) -> list[dict[str, Any]]:
-    """Running jobs with their worker, progress and heartbeat age by the database's clock."""
-    with read_connection(engine) as conn:
-        now = conn.scalar(select(_now(conn)))
-        rows = conn.execute(select(Job.id, Job.key, Job.topology, Job.dataset, Job.n_labeled,
-                                   Job.seed, Job.worker, Job.host, Job.pid, Job.attempts,
-                                   Job.epochs_done, Job.started_at, Job.heartbeat_at)
-                            .where(Job.status == "running").order_by(Job.id)).all()
-    return [{**row._asdict(), "label": _label(row),
-             "heartbeat_age_s": (now - row.heartbeat_at).total_seconds() if row.heartbeat_at else None}
-            for row in rows]
-
-
-@retried
-def failed_jobs(engine: Engine) -> list[dict[str, Any]]:
-    with read_connection(engine) as conn:
-        rows = conn.execute(select(Job.id, Job.key, Job.topology, Job.dataset, Job.n_labeled,
-                                   Job.seed, Job.attempts, Job.error, Job.finished_at)
-                            .where(Job.status == "failed").order_by(Job.id)).all()
-    return [{**row._asdict(), "label": _label(row)} for row in rows]
-
-
-@retried
-def collapsed_jobs(engine: Engine) -> list[dict[str, Any]]:
-    """Finished jobs whose network had collapsed at its last epoch (``health.py``)."""
-    with read_connection(engine) as conn:
-        rows = conn.execute(select(Job.id, Job.key, Job.topology, Job.dataset, Job.n_labeled,
-                                   Job.seed, Job.epochs_done, Job.result)
-                            .where(Job.status == "done").order_by(Job.id)).all()
-    return [{**row._asdict(), "label": _label(row)} for row in rows
-            if (row.result or {}).get("collapsed")]
-
-
-@retried
-def get_job(engine: Engine, key_prefix_or_id: Union[str, int]) -> dict[str, Any]:
-    """One job with every column and its sweeps' names, by numeric id or unique key prefix.
-
-    A string of digits is an id when such a job exists, else a key prefix.
-    """
-    ref = str(key_prefix_or_id).strip().lower()
-    if not ref or any(c not in "0123456789abcdef" for c in ref):
-        raise InvsslError(f"no job {key_prefix_or_id!r}: give a numeric id or a hex key prefix")
-    columns = list(inspect(Job).columns)
-    with read_connection(engine) as conn:
-        rows = []
-        if ref.isdigit():
-            rows = conn.execute(select(*columns).where(Job.id == int(ref))).all()
-        if not rows:
-            rows = conn.execute(select(*columns).where(Job.key.startswith(ref)).limit(2)).all()
-        if len(rows) != 1:
-            what = "no job" if not rows else "more than one job"
-            raise InvsslError(f"{what} matches {key_prefix_or_id!r}")
-        job = rows[0]._asdict()
-        job["sweeps"] = list(conn.scalars(select(Sweep.name).join(SweepJob, SweepJob.sweep_id == Sweep.id)
-                                          .where(SweepJob.job_id == job["id"]).order_by(Sweep.id)))
-    return job
-
-
-@retried
-def job_epochs(engine: Engine, job_id: int) -> list[dict[str, Any]]:
-    """The job's per-epoch rows in epoch order (``extra`` holds metrics beyond the columns)."""
-    columns = [c for c in inspect(Epoch).columns if c.key not in ("id", "job_id")]
-    with read_connection(engine) as conn:
-        rows = conn.execute(select(*columns).where(Epoch.job_id == job_id).order_by(Epoch.epoch)).all()
-    return [row._asdict() for row in rows]
-
-
-def done_keys_readonly(url: str, keys: Iterable[str]) -> set[str]:
-    """Which of ``keys`` are done, without creating or upgrading anything (for dry runs)."""
-    with peek(url) as conn:
-        if conn is None or not inspect(conn).has_table(Job.__tablename__):
-            return set()
-        wanted = list(dict.fromkeys(keys))
-        return {key for chunk in _chunks(wanted) for key in conn.scalars(
-            select(Job.key).where(Job.status == "done", Job.key.in_(chunk)))}

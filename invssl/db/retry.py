@@ -73,8 +73,9 @@ def retried(fn: F) -> F:
                 now = time.monotonic()
                 deadline = deadline if deadline is not None else now + retry_window_s()
                 if now >= deadline:
-                    raise DatabaseLost(f"lost the results database {where} for "
-                                       f"{retry_window_s():.0f}s: {_first_line(exc)}") from None
+                    raise DatabaseLost(
+                        f"lost the results database {where} for {retry_window_s():.0f}s: {_first_line(exc)}"
+                    ) from None
                 time.sleep(min(wait, deadline - now))
                 wait = min(wait * 2, _MAX_WAIT_S)
 

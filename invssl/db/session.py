@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 from invssl.db import sqlitefile
 from invssl.db.models import Base
 from invssl.db.sqlitefile import READONLY
-from invssl.errors import DatabaseError
+from invssl.errors import DatabaseError, SchemaMismatch
 
 DEFAULT_URL = "sqlite:///invssl.db"
 VERSION_TABLE = "invssl_alembic_version"
@@ -46,8 +46,7 @@ def resolve_url(url: Optional[str] = None) -> str:
     """
     raw = url or os.environ.get("INVSSL_DB") or DEFAULT_URL
     if "://" not in raw:
-        return URL.create("sqlite", database=str(Path(raw).expanduser())).render_as_string(
-            hide_password=False)
+        return URL.create("sqlite", database=str(Path(raw).expanduser())).render_as_string(hide_password=False)
     parsed = _parse(raw)
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -90,13 +89,13 @@ def make_engine(url: str, *, migrating: bool = False, readonly: bool = False) ->
             if sqlite3.sqlite_version_info < (3, 35):
                 raise DatabaseError(
                     f"SQLite {sqlite3.sqlite_version} is too old (the queue needs RETURNING, "
-                    "SQLite 3.35+): use a newer Python build or PostgreSQL")
+                    "SQLite 3.35+): use a newer Python build or PostgreSQL"
+                )
             sqlitefile.refuse_network_fs(parsed.database)
             if not readonly:
                 sqlitefile.refuse_read_only(parsed.database)
             engine = create_engine(parsed, connect_args={"timeout": sqlitefile.BUSY_TIMEOUT_S}, **pool)
-            sqlitefile.configure(engine, foreign_keys=not migrating, readonly=readonly,
-                                 guard=not migrating)
+            sqlitefile.configure(engine, foreign_keys=not migrating, readonly=readonly, guard=not migrating)
             return engine
         if backend == "postgresql":
             # A worker holds its engine for days; the server may restart in between.
@@ -122,20 +121,31 @@ def read_connection(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{READONLY: True})
 
 
+def _missing_file(url: URL) -> bool:
+    """A SQLite URL naming a file that does not exist (yet)."""
+    database = url.database
+    return (
+        url.get_backend_name() == "sqlite"
+        and sqlitefile.is_file(database)
+        and not Path(str(database)).expanduser().exists()
+    )
+
+
 @contextmanager
-def peek(url: str) -> Iterator[Optional[Connection]]:
-    """A read-only connection for a dry run: creates nothing, None where no SQLite file exists.
+def peek(url: str, *tables: Any) -> Iterator[Optional[Connection]]:
+    """A read-only connection for a dry run, which creates nothing; None where there is nothing
+    to read yet: no SQLite file, or not all of ``tables`` (ORM classes) in the database.
 
     Driver errors (unreachable server, bad credentials) become one line naming the masked URL.
     """
     engine = make_engine(url, readonly=True)
     try:
-        database = engine.url.database
-        if engine.dialect.name == "sqlite" and not Path(database or "").exists():
+        if _missing_file(engine.url):
             yield None
             return
         with _reported(url, "cannot read"), read_connection(engine) as conn:
-            yield conn
+            present = inspect(conn)
+            yield conn if all(present.has_table(t.__tablename__) for t in tables) else None
     finally:
         engine.dispose()
 
@@ -167,19 +177,26 @@ def head_revision() -> str:
     return head
 
 
-
-
 def current_revision(engine: Engine) -> Optional[str]:
     """The database's schema revision; None for a database invssl has never written to."""
     with read_connection(engine) as conn:
         return _revision(conn)
 
 
+def _older_schema(url: str, rev: Optional[str]) -> SchemaMismatch:
+    return SchemaMismatch(
+        f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
+        f"{head_revision()}: upgrade its schema first",
+        where=mask_url(url),
+    )
+
+
 def _check_known(rev: Optional[str], url: str) -> None:
     if rev is not None and rev not in {s.revision for s in _script().walk_revisions()}:
         raise DatabaseError(
             f"{mask_url(url)} is at schema revision {rev}, unknown to this invssl: it was "
-            "written by a newer version; upgrade invssl to use it")
+            "written by a newer version; upgrade invssl to use it"
+        )
 
 
 @contextmanager
@@ -222,7 +239,8 @@ def _migrate(url: str) -> None:
                 if present:
                     raise DatabaseError(
                         f"{mask_url(url)} has tables {', '.join(sorted(present))} but no "
-                        f"{VERSION_TABLE} table: not an invssl database, or a damaged one")
+                        f"{VERSION_TABLE} table: not an invssl database, or a damaged one"
+                    )
             cfg = _alembic_config()
             cfg.attributes["connection"] = conn
             with _quiet_alembic():
@@ -232,7 +250,8 @@ def _migrate(url: str) -> None:
                 if broken:
                     raise DatabaseError(
                         f"upgrading {mask_url(url)} would break {len(broken)} foreign key(s) "
-                        f"(first in table {broken[0][0]}); the database was left unchanged")
+                        f"(first in table {broken[0][0]}); the database was left unchanged"
+                    )
     finally:
         engine.dispose()
 
@@ -255,9 +274,7 @@ def open_engine(url: str, *, upgrade: bool = True) -> Engine:
             return engine
         _check_known(rev, url)
         if versioned and not upgrade:
-            raise DatabaseError(
-                f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
-                f"{head_revision()}: run `invssl db upgrade --db {mask_url(url)}`")
+            raise _older_schema(url, rev)
         _migrate(url)
     except BaseException:
         engine.dispose()
@@ -271,10 +288,7 @@ def open_existing(url: str) -> Engine:
     Nothing is created, migrated or written: a missing SQLite file or an empty database is an
     error, and one at another schema revision is refused with the command that upgrades it.
     """
-    parsed = _parse(url)
-    database = parsed.database
-    if (parsed.get_backend_name() == "sqlite" and sqlitefile.is_file(database)
-            and not Path(str(database)).expanduser().exists()):
+    if _missing_file(_parse(url)):
         raise DatabaseError(f"no results database at {mask_url(url)}")
     engine = make_engine(url, readonly=True)
     try:
@@ -285,9 +299,7 @@ def open_existing(url: str) -> Engine:
             _check_known(rev, url)
             if not versioned:
                 raise DatabaseError(f"no invssl results in {mask_url(url)}: a sweep creates them")
-            raise DatabaseError(
-                f"{mask_url(url)} is at schema revision {rev or 'base'}, this invssl needs "
-                f"{head_revision()}: run `invssl db upgrade --db {mask_url(url)}`")
+            raise _older_schema(url, rev)
     except BaseException:
         engine.dispose()
         raise

@@ -25,11 +25,31 @@ BUSY_TIMEOUT_S = 30.0
 # `invssl status` does not queue behind the workers' write lock.
 READONLY = "invssl_readonly"
 # File systems whose locking SQLite cannot rely on.
-NETWORK_FS_TYPES = frozenset({
-    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "ceph", "glusterfs", "lustre",
-    "gpfs", "beegfs", "ocfs2", "gfs2", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs",
-    "fuse.rclone", "fuse.gcsfuse",
-})
+NETWORK_FS_TYPES = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb2",
+        "smb3",
+        "smbfs",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ocfs2",
+        "gfs2",
+        "fuse.sshfs",
+        "fuse.glusterfs",
+        "fuse.cephfs",
+        "fuse.s3fs",
+        "fuse.rclone",
+        "fuse.gcsfuse",
+    }
+)
 
 
 def is_file(database: Optional[str]) -> bool:
@@ -70,7 +90,8 @@ def refuse_network_fs(database: Optional[str]) -> None:
         raise DatabaseError(
             f"the SQLite file {path} is on a network file system ({fs_type}), where its locking "
             "is unreliable; workers on several machines need PostgreSQL "
-            "(--db postgresql+psycopg://user@host/db)")
+            "(a URL postgresql+psycopg://user@host/db)"
+        )
 
 
 # ---------------------------------------------------------------------- permissions
@@ -80,12 +101,16 @@ def refuse_read_only(database: Optional[str]) -> None:
         return
     path = Path(str(database)).expanduser().resolve()
     if path.exists() and not os.access(path, os.W_OK):
-        raise DatabaseError(f"the SQLite file {path} is read-only: sweep, worker, resume and "
-                            "db upgrade write to it (status, show and report can read it)")
+        raise DatabaseError(
+            f"the SQLite file {path} is read-only: sweep, worker, resume and "
+            "db upgrade write to it (status, show and report can read it)"
+        )
     folder = path.parent
     if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise DatabaseError(f"the directory {folder} is read-only: SQLite writes its journal "
-                            f"({path.name}-wal, -shm) beside the database")
+        raise DatabaseError(
+            f"the directory {folder} is read-only: SQLite writes its journal "
+            f"({path.name}-wal, -shm) beside the database"
+        )
 
 
 def _uri(path: Path, **params: str) -> str:
@@ -142,16 +167,15 @@ def configure(engine: Engine, *, foreign_keys: bool, readonly: bool, guard: bool
     def _begin(conn: Connection) -> None:
         if guard and path is not None and identity:
             _check_same_file(path, identity["file"])
-        conn.exec_driver_sql("BEGIN" if readonly or conn.get_execution_options().get(READONLY)
-                             else "BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if readonly or conn.get_execution_options().get(READONLY) else "BEGIN IMMEDIATE")
 
 
 def _check_same_file(path: Path, identity: tuple[int, int]) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise DatabaseLost(f"the SQLite file {path} was deleted while in use: stopping "
-                           "(restore the file, then `invssl resume`)") from None
+        raise DatabaseLost(
+            f"the SQLite file {path} was deleted while in use: stopping (restore the file, then `invssl resume`)"
+        ) from None
     if (st.st_dev, st.st_ino) != identity:
-        raise DatabaseLost(f"the SQLite file {path} was replaced by another file while in use: "
-                           "stopping")
+        raise DatabaseLost(f"the SQLite file {path} was replaced by another file while in use: stopping")
