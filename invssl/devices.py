@@ -12,6 +12,8 @@ import os
 import platform
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -93,3 +95,51 @@ def tune_cpu_allocator() -> bool:
     # (32 MiB), so raising the threshold would leave exactly the biggest blocks page-faulting.
     _allocator_tuned = bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _allocator_tuned
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How a sweep runs here: ``n`` worker processes over ``devices``, ``threads`` each."""
+
+    n: int
+    threads: int  # intra-op threads per worker (torch.set_num_threads / OMP_NUM_THREADS)
+    devices: list[str]  # empty: the auto-chosen device
+    why: str  # one line for the user: the choice and what decided it
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, hyperthread siblings counted once (Linux sysfs; else
+    every CPU): intra-op threads on two siblings of one core mostly wait for each other."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cpus:
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return len(cores)
+
+
+def plan_workers(devices: list[str], jobs: int, workers: int = 0, threads: int = 0, per_device: int = 0) -> WorkerPlan:
+    """Workers and threads for ``jobs`` jobs; 0 means choose.
+
+    CPU: one worker per physical core (at most one per job), one intra-op thread each: the zoo's
+    networks are too small for threads to scale, while workers do not share anything
+    (BENCHMARKS.md, "Fast by default"). GPU: ``per_device`` workers per GPU, else one.
+    """
+    jobs = max(1, jobs)
+    gpus = [d for d in devices if d.startswith("cuda")] or (
+        default_devices() if not devices and torch.cuda.is_available() else []
+    )
+    env_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if gpus:
+        n = workers or min(jobs, len(gpus) * max(1, per_device))
+        return WorkerPlan(n, threads or env_threads or 1, gpus, f"{n} worker(s) on {len(gpus)} GPU(s)")
+    cores = physical_cores()
+    n = workers or min(cores, jobs)
+    per = threads or env_threads or max(1, cores // n)
+    chosen = "" if workers else f" ({cores} physical cores, {jobs} jobs)"
+    why = f"{n} worker{'s' * (n > 1)} x {per} thread{'s' * (per > 1)} on the CPU{chosen}"
+    return WorkerPlan(n, per, [d for d in devices if d], why)

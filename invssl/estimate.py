@@ -33,6 +33,7 @@ from typing import Any, Optional
 import torch
 
 from invssl.config import JobConfig
+from invssl.fixedcost import Fixed, measure_fixed, measure_startup
 
 MIN_STEPS = 2  # timed steps per cost class, at least
 CALIBRATE_STEPS = 5  # and at most, stopping early once CALIBRATE_S seconds are spent
@@ -115,10 +116,23 @@ class Estimate:
     rows: list[Row]
     calibration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    job_s: list[float] = field(default_factory=list)  # per job in queue order, fixed costs included
+    workers: int = 1
+    startup_s: float = 0.0  # a worker process's start: imports, first dataset load
 
     @property
     def total_s(self) -> float:
         return sum(r.seconds or 0.0 for r in self.rows)
+
+    @property
+    def wall_s(self) -> float:
+        """The sweep's wall time: workers start together, each claims the next job in queue
+        order when it is free (as ``queue.claim`` does), the sweep ends with the last job."""
+        free = [self.startup_s] * max(1, self.workers)
+        for seconds in self.job_s:
+            i = free.index(min(free))
+            free[i] += seconds
+        return max(free) if self.job_s else 0.0
 
     @property
     def complete(self) -> bool:
@@ -228,8 +242,10 @@ def estimate(
     eval_seconds: Optional[Mapping[CostKey, float]] = None,
     epochs_done: Optional[Mapping[str, int]] = None,
     dataset_info: Optional[Callable[[JobConfig], Any]] = None,
+    workers: int = 1,
 ) -> Estimate:
-    """Estimated time of the jobs not in ``done``, run one after another on ``device``.
+    """Estimated time of the jobs not in ``done`` on ``device``: one after another (``total_s``)
+    and with ``workers`` worker processes (``wall_s``), fixed costs included when calibrating.
 
     ``step_seconds`` / ``eval_seconds`` (per cost class) and ``epochs_done`` (per job key) take
     precedence over the database and calibration; ``dataset_info(job)`` replaces
@@ -317,6 +333,30 @@ def estimate(
             )
         )
     rows.sort(key=lambda r: (r.topology, r.kind))
+    fixed: dict[tuple[str, str, str], Fixed] = {}
+    startup_s = 0.0
+    if calibrate_missing and dataset_info is None and todo:
+        t0 = time.perf_counter()
+        startup_s = measure_startup()
+        for job in todo:
+            k = (job.topology, job.dataset, json.dumps(job.data_params, sort_keys=True))
+            if k not in fixed:
+                try:
+                    fixed[k] = measure_fixed(job, dev)
+                except Exception as exc:  # data missing here: the steps are still estimated
+                    notes.append(f"{job.dataset}: fixed costs not measured ({exc})")
+                    fixed[k] = Fixed(0.0, 0.0, 0.0)
+        startup_s += max((f.load_s for f in fixed.values()), default=0.0)
+        calibration_s += time.perf_counter() - t0
+    job_s = []
+    for key, members in groups.items():
+        step_s, eval_s, _ = measured[key]
+        for job, n in members:
+            f = fixed.get((job.topology, job.dataset, json.dumps(job.data_params, sort_keys=True)), Fixed(0, 0, 0))
+            epochs = max(0, job.epochs - left.get(job.key, 0))
+            job_s.append((job.key, epochs * (n * (step_s or 0.0) + (eval_s or 0.0) + f.epoch_s) + f.setup_s))
+    order = {job.key: i for i, job in enumerate(todo)}
+    job_s.sort(key=lambda kv: order[kv[0]])
     if any(r.source == "unknown" for r in rows):
         notes.append(
             "classes marked unknown have no recorded epochs on this device and were not "
@@ -324,4 +364,6 @@ def estimate(
         )
     if any(r.source == "database" and r.eval_s is None for r in rows):
         notes.append("database figures cover training steps only (epochs.wall_s); evaluation not included")
-    return Estimate(f"{dev} ({device_name(dev)})", rows, calibration_s, notes)
+    return Estimate(
+        f"{dev} ({device_name(dev)})", rows, calibration_s, notes, [v for _, v in job_s], workers, startup_s
+    )

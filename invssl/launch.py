@@ -213,7 +213,9 @@ class SweepRequest:
     db: Optional[str] = None  # a URL; None: ``$INVSSL_DB`` or the default
     device: Optional[str] = None
     devices: Optional[str] = None  # comma-separated, one worker each (round-robin)
-    workers: int = 0  # 0: one per device
+    workers: int = 0  # 0: choose (devices.plan_workers)
+    threads: int = 0  # intra-op threads per worker; 0: choose
+    workers_per_device: int = 0  # GPU workers per device; 0: choose
     data_root: Optional[str] = None  # replaces every job's data root
     enqueue_only: bool = False
     quiet: bool = False
@@ -225,16 +227,34 @@ class SweepRequest:
 def dry_run(request: SweepRequest, *, calibrate: bool) -> tuple[Any, Any]:
     """The plan and its time estimate, after the same device and data checks as a real run
     (nothing downloaded); ``calibrate`` times a few steps of configurations never recorded."""
+    import torch
+
     from invssl import estimate, runner
     from invssl.db.session import resolve_url
-    from invssl.devices import check_devices
+    from invssl.devices import check_devices, default_devices, plan_workers
 
     url, data_root = resolve_url(request.db), request.data_root
     plan = runner.plan(request.file, url, request.overrides)
     check_devices([request.device, *request.device_list()])
     check_data(plan.jobs, data_root, fetch=False)
     jobs = [j.model_copy(update={"data_root": data_root}) for j in plan.jobs] if data_root else plan.jobs
-    est = estimate.estimate(jobs, done=plan.done_keys, device=request.device, db_url=url, calibrate_missing=calibrate)
+    todo = sum(j.key not in plan.done_keys for j in jobs)
+    devs = request.device_list() or ([request.device] if request.device else default_devices())
+    workers = plan_workers(devs, todo, request.workers, request.threads, request.workers_per_device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(workers.threads)  # each worker's step time is what counts
+    try:
+        est = estimate.estimate(
+            jobs,
+            done=plan.done_keys,
+            device=request.device,
+            db_url=url,
+            calibrate_missing=calibrate,
+            workers=workers.n,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    est.notes.append(f"the sweep would run {workers.why}")
     return plan, est
 
 
@@ -267,26 +287,45 @@ def sweep(request: SweepRequest, console: Console, say: Say, warn: Say) -> Optio
 def _run(
     engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list[str], request: SweepRequest
 ) -> Outcome:
+    import torch
+
     from invssl import pool, runner
     from invssl.db import reads
+    from invssl.devices import plan_workers
 
     runner.reap(engine)
     counts = Counter(reads.status_counts(engine, sweep=enq.name))
     todo = counts["pending"] + counts["running"]
-    n = request.workers or max(1, len(devs))
+    plan = plan_workers(devs, todo, request.workers, request.threads, request.workers_per_device)
+    n = plan.n
     outcome = Outcome(enq.name, counts)
     if todo == 0:
         say("nothing to do: every job of this sweep has finished")
     elif n == 1:
+        say(f"running {plan.why}")
+        torch.set_num_threads(plan.threads)
         device = devs[0] if devs else None
         ran_here = run_local(url, console, device, request.data_root, request.quiet, enq.sweep_id, todo, engine=engine)
         outcome.stopped_by = ran_here.stopped_by
     else:
-        say(f"started {n} workers" + (f" on {', '.join(devs)}" if devs else ""))
+        say(f"started {plan.why}" + (f" on {', '.join(devs)}" if devs else ""))
         show = progress.display(todo, console, request.quiet)
-        ended = progress.ChildJobs(lambda: reads.ended_jobs(engine, enq.sweep_id), show)
+        ended = progress.ChildJobs(
+            lambda: reads.ended_jobs(engine, enq.sweep_id),
+            show,
+            lambda after: reads.sweep_epochs_after(engine, enq.sweep_id, after),
+        )
         with show or nullcontext():
-            ran = pool.run_pool(engine, url, n, devs, sweep_id=enq.sweep_id, data_root=request.data_root, on_poll=ended)
+            ran = pool.run_pool(
+                engine,
+                url,
+                n,
+                devs,
+                sweep_id=enq.sweep_id,
+                data_root=request.data_root,
+                threads=plan.threads,
+                on_poll=ended,
+            )
             ended()
         outcome.stopped_by, outcome.died = ran.stopped_by, ran.died
     outcome.counts = Counter(reads.status_counts(engine, sweep=enq.name))

@@ -257,7 +257,7 @@ def fmt_duration(seconds: Optional[float]) -> str:
 def estimate_table(est: Any) -> Any:
     """The estimate (``estimate.estimate``) as a table: one row per cost class, a subtotal per
     topology, and the total."""
-    title = f"estimated time on {est.device}, jobs run one after another"
+    title = f"estimated time on {est.device}, jobs one after another"
     if est.calibration_s:
         title += f" (calibrated in {est.calibration_s:.1f} s)"
     table = Table(title=title)
@@ -316,4 +316,17 @@ def estimate_table(est: Any) -> Any:
         "",
         style="bold",
     )
+    if est.job_s:
+        table.add_row(
+            f"wall time, {est.workers} worker{'s' * (est.workers > 1)}",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            fmt_duration(est.wall_s),
+            "with fixed costs",
+            style="bold",
+        )
     return table

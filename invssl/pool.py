@@ -37,12 +37,12 @@ class PoolOutcome:
 
 
 def spawn_workers(
-    db_url: str, n: int, devices: list[str], *, sweep_id: Optional[int], data_root: Optional[str]
+    db_url: str, n: int, devices: list[str], *, sweep_id: Optional[int], data_root: Optional[str], threads: int = 0
 ) -> list[subprocess.Popen[bytes]]:
-    """Start ``n`` worker processes, round-robin over ``devices`` (threads split among them)."""
+    """Start ``n`` worker processes, round-robin over ``devices``, ``threads`` intra-op threads
+    each (0: the CPUs split among them)."""
     env = dict(os.environ, INVSSL_DB=db_url)
-    threads = max(1, (os.cpu_count() or 1) // n)
-    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env["OMP_NUM_THREADS"] = str(threads or max(1, (os.cpu_count() or 1) // n))
     procs = []
     # A worker inherits an ignored SIGINT until it installs its own handler: a Ctrl-C while it
     # still imports must not kill it with a traceback (the SIGTERM forwarded below stops it).
@@ -77,12 +77,13 @@ def run_pool(
     *,
     sweep_id: Optional[int],
     data_root: Optional[str],
+    threads: int = 0,
     on_poll: Callable[[], None] = lambda: None,
     poll_s: float = 1.0,
 ) -> PoolOutcome:
     """Run ``n`` workers until every one has exited; ``on_poll`` runs about every ``poll_s``."""
     outcome = PoolOutcome()
-    procs = spawn_workers(db_url, n, devices, sweep_id=sweep_id, data_root=data_root)
+    procs = spawn_workers(db_url, n, devices, sweep_id=sweep_id, data_root=data_root, threads=threads)
 
     def forward(signum: int, _frame: Any) -> None:
         if outcome.stopped_by is None:

@@ -66,9 +66,12 @@ class Lines:
         self.key, self.label = claim.key[:10], cfg.label()
 
     def epoch(self, cfg: Any, rep: Any) -> None:
-        wall = rep.metrics.get("wall_s")
+        self.epoch_line(self.key, self.label, rep.epoch, cfg.epochs, rep.metrics)
+
+    def epoch_line(self, key: str, label: str, epoch: int, epochs: Any, metrics: dict[str, Any]) -> None:
+        wall = metrics.get("wall_s")
         took = f" ({wall:.1f} s)" if wall is not None else ""
-        self._say(f"{self.key} {self.label}: epoch {rep.epoch}/{cfg.epochs} {_accuracies(rep.metrics)}{took}")
+        self._say(f"{key[:10]} {label}: epoch {epoch}/{epochs} {_accuracies(metrics)}{took}")
 
     def ended(self, claim: Any, status: str, message: str) -> None:
         # A failure's message already names the job.
@@ -163,18 +166,31 @@ def display(total: int, console: Console, quiet: bool) -> Optional[Any]:
 
 
 class ChildJobs:
-    """Jobs ended by worker processes (see ``pool.run_pool``), each reported once to ``show``.
+    """Jobs ended by worker processes (see ``pool.run_pool``), each reported once to ``show``,
+    and, in plain output, their epochs as they are recorded.
 
-    ``poll`` returns the sweep's ended jobs (id, key, status, config, result, error); those
-    ended before this object was made are not reported. Call it after each poll of the pool
-    and once more when the workers have exited.
+    ``poll`` returns the sweep's ended jobs (id, key, status, config, result, error), ``epochs``
+    the sweep's epochs recorded after a given epoch id; what was recorded before this object was
+    made is not reported. Call it after each poll of the pool and once more when the workers
+    have exited.
     """
 
-    def __init__(self, poll: Callable[[], list[dict[str, Any]]], show: Optional[Any]) -> None:
-        self.poll, self.show = poll, show
+    def __init__(
+        self,
+        poll: Callable[[], list[dict[str, Any]]],
+        show: Optional[Any],
+        epochs: Callable[[int], list[dict[str, Any]]] = lambda after: [],
+    ) -> None:
+        self.poll, self.show, self.epochs = poll, show, epochs
         self.seen = {job["id"] for job in poll()}
+        self.last_epoch = max((e["id"] for e in epochs(0)), default=0)
 
     def __call__(self) -> None:
+        for row in self.epochs(self.last_epoch):
+            self.last_epoch = row["id"]
+            if isinstance(self.show, Lines):
+                config = row["config"] or {}
+                self.show.epoch_line(row["key"], job_label(config), row["epoch"], config.get("epochs", "?"), row)
         for job in self.poll():
             if job["id"] in self.seen:
                 continue

@@ -23,7 +23,11 @@ def sweep(
     db: Optional[str] = DbOpt,
     device: Optional[str] = DeviceOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and write nothing."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Worker processes (default: one per GPU, else 1)."),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="Worker processes (default: one per physical CPU core, one per GPU with CUDA)."
+    ),
+    threads: int = typer.Option(0, "--threads", min=0, help="Intra-op threads per worker (default: cores / workers)."),
+    workers_per_device: int = typer.Option(0, "--workers-per-device", min=0, help="Workers per GPU (default: 1)."),
     devices: Optional[str] = typer.Option(
         None, "--devices", help="Comma-separated devices for the workers, e.g. cuda:0,cuda:1."
     ),
@@ -42,7 +46,9 @@ def sweep(
     """
     from invssl import launch
 
-    request = launch.SweepRequest(file, overrides or [], db, device, devices, workers, data_root, enqueue_only, quiet)
+    request = launch.SweepRequest(
+        file, overrides or [], db, device, devices, workers, threads, workers_per_device, data_root, enqueue_only, quiet
+    )
     if dry_run:
         from invssl import output
 

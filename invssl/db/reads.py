@@ -94,6 +94,20 @@ def ended_jobs(engine: Engine, sweep_id: int) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(query)]
 
 
+def sweep_epochs_after(engine: Engine, sweep_id: int, after_id: int) -> list[dict[str, Any]]:
+    """Epochs of a sweep's jobs recorded after epoch row ``after_id``, in order: id, key,
+    config, epoch, val_acc, test_acc, wall_s (a display of several workers follows them)."""
+    with read_connection(engine) as conn:
+        query = (
+            select(Epoch.id, Job.key, Job.config, Epoch.epoch, Epoch.val_acc, Epoch.test_acc, Epoch.wall_s)
+            .join(Job, Job.id == Epoch.job_id)
+            .join(SweepJob, SweepJob.job_id == Job.id)
+            .where(SweepJob.sweep_id == sweep_id, Epoch.id > after_id)
+            .order_by(Epoch.id)
+        )
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
 # ---------------------------------------------------------------------------- listings
 @retried
 def job_rows(engine: Engine, sweep: Optional[str] = None, *, status: Optional[str] = None) -> list[dict[str, Any]]:
