@@ -60,4 +60,5 @@ def nmi(table: np.ndarray) -> float:
     h_c = -float((pc[pc > 0] * np.log(pc[pc > 0])).sum())
     h_k = -float((pk[pk > 0] * np.log(pk[pk > 0])).sum())
     denom = (h_c + h_k) / 2
-    return mi / denom if denom > 0 else 1.0  # both labellings constant: identical
+    # Clipped at 0: independent labellings give a rounding error's worth of negative MI.
+    return max(0.0, mi / denom) if denom > 0 else 1.0  # both labellings constant: identical
