@@ -34,6 +34,8 @@ import torch
 
 from invssl.config import JobConfig
 from invssl.fixedcost import Fixed, measure_fixed, measure_startup
+from invssl.lookahead import Weights
+from invssl.schedules import Learned
 
 MIN_STEPS = 2  # timed steps per cost class, at least
 CALIBRATE_STEPS = 5  # and at most, stopping early once CALIBRATE_S seconds are spent
@@ -48,7 +50,7 @@ class CostKey:
     topology: str
     dataset: str
     data_params: str  # canonical JSON
-    kind: str  # "sup" (alpha = 1: labeled batch only), "ent" (beta = 0: no inversion), "ssl"
+    kind: str  # "sup" (alpha = 1: labeled batch only), "ent" (beta = 0: no inversion), "ssl", "learned"
     batch_labeled: int
     batch_unlabeled: int
     weighting: str
@@ -57,6 +59,8 @@ class CostKey:
 
 
 def loss_kind(job: JobConfig) -> str:
+    if isinstance(job.alpha, Learned) or isinstance(job.beta, Learned):
+        return "learned"  # the step also takes the look-ahead: about 1.7 times an ssl step
     if isinstance(job.alpha, float) and job.alpha == 1.0:
         return "sup"
     if isinstance(job.beta, float) and job.beta == 0.0:
@@ -66,7 +70,7 @@ def loss_kind(job: JobConfig) -> str:
 
 def cost_key(job: JobConfig) -> CostKey:
     kind = loss_kind(job)
-    inverts = kind == "ssl"
+    inverts = kind in ("ssl", "learned")
     return CostKey(
         job.topology,
         job.dataset,
@@ -199,14 +203,27 @@ def calibrate(
         x_l = torch.randn(key.batch_labeled, *input_shape, device=device)
         y_l = torch.randint(num_classes, (key.batch_labeled,), device=device)
         x_u = torch.randn(key.batch_unlabeled, *input_shape, device=device)
-        alpha, beta = {"sup": (1.0, 0.0), "ent": (0.5, 0.0), "ssl": (0.5, 0.5)}[key.kind]
+        alpha, beta = {"sup": (1.0, 0.0), "ent": (0.5, 0.0), "ssl": (0.5, 0.5), "learned": (0.5, 0.5)}[key.kind]
+        weights = Weights(job.alpha, job.beta) if key.kind == "learned" else None
         bf16 = key.precision == "bf16" and device.type == "cuda"
 
         def autocast() -> Any:
             return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
         def step(x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor) -> None:
-            train_step(model, opt, x_l, y_l, x_u, alpha=alpha, beta=beta, config=job, autocast=autocast)
+            train_step(
+                model,
+                opt,
+                x_l,
+                y_l,
+                x_u,
+                alpha=alpha,
+                beta=beta,
+                config=job,
+                autocast=autocast,
+                weights=weights,
+                ahead=(x_l, y_l),
+            )
 
         step(x_l[:2], y_l[:2], x_u[:2])  # warm-up on 2 + 2 inputs: Adam state, lazy initialisation
         sync()
