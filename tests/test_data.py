@@ -376,3 +376,18 @@ def test_split_json_round_trip_is_compact():
         Split.from_json('{"labeled": [[5, 2]], "validation": [], "unlabeled": []}')
     with pytest.raises(DataError, match="malformed"):
         Split.from_json("[1, 2]")
+
+
+def test_generated_mnist1d_is_cached_on_disk_and_reads_back_identical(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = data.load("mnist1d", num_samples=200, seed=3)
+    cached = list((tmp_path / "invssl").glob("mnist1d-*-n200-s3.npz"))
+    assert len(cached) == 1
+    again = data.load("mnist1d", num_samples=200, seed=3)
+    for a, b in ((first.x_train, again.x_train), (first.y_train, again.y_train), (first.x_test, again.x_test)):
+        assert torch.equal(a, b)
+    cached[0].write_bytes(b"not an npz")  # a damaged cache is regenerated, not trusted
+    assert torch.equal(data.load("mnist1d", num_samples=200, seed=3).x_train, first.x_train)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("")  # the cache folder cannot be made: loading still works
+    assert torch.equal(data.load("mnist1d", num_samples=200, seed=3).y_test, first.y_test)
