@@ -21,6 +21,7 @@ grid: {topology: [MLP], n_labeled: [10], alpha: [0.5], seed: SEEDS}
 
 
 def start_sweep(tmp_path, url, seeds, epochs=6, *args):
+    # Tests that stop a sweep run long jobs, so that a fast machine cannot finish them first.
     (tmp_path / "grid.yaml").write_text(GRID.replace("SEEDS", str(list(seeds))).replace("EPOCHS", str(epochs)))
     env = dict(os.environ, OMP_NUM_THREADS="1", INVSSL_DB=url)
     # A session of its own: the test signals the sweep's process group as a terminal would.
@@ -71,7 +72,7 @@ def invssl(*args, url, cwd):
 
 def test_ctrl_c_to_a_sweep_of_two_workers_hands_every_job_back(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    sweep = start_sweep(tmp_path, url, [0, 1], 6, "--workers", "2")
+    sweep = start_sweep(tmp_path, url, [0, 1], 12, "--workers", "2")
     wait_until(lambda: both_running_with_an_epoch(url), sweep)
     os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     out, err = sweep.communicate(timeout=120)
@@ -83,14 +84,14 @@ def test_ctrl_c_to_a_sweep_of_two_workers_hands_every_job_back(tmp_path):
     assert done.returncode == 0, done.stderr
     jobs, epochs = jobs_and_epochs(url)
     assert [j.status for j in jobs] == ["done", "done"]
-    assert sorted((e.job_id, e.epoch) for e in epochs) == [(j.id, k) for j in jobs for k in range(1, 7)]
+    assert sorted((e.job_id, e.epoch) for e in epochs) == [(j.id, k) for j in jobs for k in range(1, 13)]
     # No epoch finished before Ctrl-C was computed again.
     assert all(e.attempt == before[e.job_id, e.epoch] for e in epochs if (e.job_id, e.epoch) in before)
 
 
 def test_ctrl_c_to_a_sweep_of_one_worker_exits_130(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    sweep = start_sweep(tmp_path, url, [0], 6)
+    sweep = start_sweep(tmp_path, url, [0], 60)
     wait_until(lambda: jobs_and_epochs(url)[1], sweep)
     os.killpg(sweep.pid, signal.SIGINT)
     out, err = sweep.communicate(timeout=120)
@@ -100,7 +101,7 @@ def test_ctrl_c_to_a_sweep_of_one_worker_exits_130(tmp_path):
 
 def test_sigterm_to_the_sweep_alone_stops_its_workers(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    sweep = start_sweep(tmp_path, url, [0, 1], 6, "--workers", "2")
+    sweep = start_sweep(tmp_path, url, [0, 1], 60, "--workers", "2")
     wait_until(lambda: both_running_with_an_epoch(url), sweep)
     pids = [j.pid for j in jobs_and_epochs(url)[0]]
     sweep.send_signal(signal.SIGTERM)  # the parent only, as `kill PID` or a scheduler does
@@ -126,7 +127,7 @@ def test_a_worker_killed_is_reported_and_its_job_taken_over(tmp_path):
 
 def test_deleting_the_sqlite_file_mid_sweep_stops_it_with_an_error(tmp_path):
     db = tmp_path / "r.db"
-    sweep = start_sweep(tmp_path, f"sqlite:///{db}", [0, 1], 6, "--workers", "2")
+    sweep = start_sweep(tmp_path, f"sqlite:///{db}", [0, 1], 60, "--workers", "2")
     wait_until(lambda: both_running_with_an_epoch(f"sqlite:///{db}"), sweep)
     db.unlink()
     out, err = sweep.communicate(timeout=120)
