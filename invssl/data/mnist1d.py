@@ -2,12 +2,15 @@
 
 Generating 10,000 signals takes seconds, and every worker process of a sweep would pay it, so the
 arrays are kept in ``$XDG_CACHE_HOME/invssl`` (``~/.cache/invssl``), named by the package
-version, the size and the seed; a cache that cannot be written is skipped.
+version, the size and the seed; a cache that cannot be written is skipped. With the arrays cached
+the package is not even imported (it imports scipy, matplotlib and requests: about a second in
+every process of a sweep): its default arguments are kept beside them.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import random
 import tempfile
@@ -20,13 +23,39 @@ import torch
 from invssl.data.sources import DIGITS, SOURCES, Dataset, DatasetInfo, Source, int_param, normalised
 
 
-def _mnist1d_sizes(num_samples: int) -> tuple[int, int]:
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "invssl"
+
+
+def _default_args() -> dict[str, Any]:
+    """The package's ``get_dataset_args()``, fixed for a version: read from the cache if there."""
+    path = _cache_dir() / f"mnist1d-{importlib.metadata.version('mnist1d')}-args.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
     import mnist1d.data
 
-    args = mnist1d.data.get_dataset_args()
+    args = mnist1d.data.get_dataset_args(as_dict=True)
+    _write_atomic(path, lambda f: f.write(json.dumps(args).encode()))
+    return args
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Whole or absent: a concurrent reader never sees half a file; skipped if unwritable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=path.suffix, delete=False) as tmp:
+            write(tmp)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass
+
+
+def _mnist1d_sizes(num_samples: int) -> tuple[int, int]:
     # make_dataset draws num_samples // 10 per class, then cuts at train_split.
     total = num_samples // 10 * 10
-    n_train = int(total * args.train_split)
+    n_train = int(total * _default_args()["train_split"])
     return n_train, total - n_train
 
 
@@ -40,13 +69,17 @@ def _mnist1d_info(root: Path | None, seed: int, num_samples: int) -> DatasetInfo
 
 
 def _mnist1d_load(root: Path | None, download: bool, seed: int, num_samples: int) -> Dataset:
-    import mnist1d.data
-
     meta = _mnist1d_info(root, seed, num_samples)
-    args = mnist1d.data.get_dataset_args()
-    args.num_samples = meta.n_train + meta.n_test
-    args.seed = seed
-    raw = _cached(args.num_samples, seed, lambda: mnist1d.data.make_dataset(args))
+
+    def make() -> dict[str, np.ndarray]:
+        import mnist1d.data
+
+        args = mnist1d.data.get_dataset_args()
+        args.num_samples = meta.n_train + meta.n_test
+        args.seed = seed
+        return mnist1d.data.make_dataset(args)
+
+    raw = _cached(meta.n_train + meta.n_test, seed, make)
     x_train, x_test, norm = normalised(
         torch.from_numpy(raw["x"]).float().unsqueeze(1),
         torch.from_numpy(raw["x_test"]).float().unsqueeze(1),
@@ -65,8 +98,7 @@ def _mnist1d_load(root: Path | None, download: bool, seed: int, num_samples: int
 
 def _cached(num_samples: int, seed: int, make: Any) -> dict[str, np.ndarray]:
     keys = ("x", "y", "x_test", "y_test")
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "invssl"
-    path = base / f"mnist1d-{importlib.metadata.version('mnist1d')}-n{num_samples}-s{seed}.npz"
+    path = _cache_dir() / f"mnist1d-{importlib.metadata.version('mnist1d')}-n{num_samples}-s{seed}.npz"
     try:
         with np.load(path, allow_pickle=False) as stored:
             return {k: stored[k] for k in keys}
@@ -79,13 +111,7 @@ def _cached(num_samples: int, seed: int, make: Any) -> dict[str, np.ndarray]:
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=base, suffix=".npz", delete=False) as tmp:
-            np.savez(tmp, **{k: raw[k] for k in keys})
-        os.replace(tmp.name, path)  # whole or absent: a concurrent reader never sees half a file
-    except OSError:
-        pass
+    _write_atomic(path, lambda f: np.savez(f, **{k: raw[k] for k in keys}))
     return {k: raw[k] for k in keys}
 
 
