@@ -1,3 +1,3 @@
-from invssl.cli import main
+from invssl.cli import entry
 
-main()
+entry()

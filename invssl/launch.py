@@ -132,8 +132,12 @@ def run_local(
         events=show.events() if show else None,
         engine=engine,
     )
-    with show or nullcontext():
-        return worker.run(sweep_id=sweep_id, forever=forever)
+    try:
+        with show or nullcontext():
+            return worker.run(sweep_id=sweep_id, forever=forever)
+    finally:
+        if engine is None:  # its own: closed here, not left to the interpreter's exit
+            worker.engine.dispose()
 
 
 def worker(
@@ -240,7 +244,8 @@ def dry_run(request: SweepRequest, *, calibrate: bool) -> tuple[Any, Any]:
     jobs = [j.model_copy(update={"data_root": data_root}) for j in plan.jobs] if data_root else plan.jobs
     todo = sum(j.key not in plan.done_keys for j in jobs)
     devs = request.device_list() or ([request.device] if request.device else default_devices())
-    workers = plan_workers(devs, todo, request.workers, request.threads, request.workers_per_device)
+    probe = _gpu_probe(jobs, data_root, lambda _: None)
+    workers = plan_workers(devs, todo, request.workers, request.threads, request.workers_per_device, probe)
     threads = torch.get_num_threads()
     torch.set_num_threads(workers.threads)  # each worker's step time is what counts
     try:
@@ -279,13 +284,29 @@ def sweep(request: SweepRequest, console: Console, say: Say, warn: Say) -> Optio
         )
         if request.enqueue_only:
             return None
-        return _run(engine, url, enq, console, say, devs, request)
+        return _run(engine, url, enq, console, say, devs, request, jobs)
     finally:
         engine.dispose()
 
 
+def _gpu_probe(jobs: list[Any], data_root: Optional[str], say: Say) -> Any:
+    """How many workers share a GPU, measured on the sweep's costliest job (its first claim)."""
+
+    def probe(gpu: str, per_gpu: int) -> Any:
+        from invssl import data as datasets
+        from invssl.estimate import claim_order
+        from invssl.sidebyside import choose_per_device
+
+        job = claim_order(jobs)[0]
+        info = datasets.info(job.dataset, root=data_root or job.data_root, seed=job.seed, **job.data_params)
+        say(f"measuring how many workers share {gpu} (--workers-per-device K skips this)")
+        return choose_per_device(job, tuple(info.input_shape), info.num_classes, gpu, per_gpu)
+
+    return probe
+
+
 def _run(
-    engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list[str], request: SweepRequest
+    engine: Any, url: str, enq: Any, console: Console, say: Say, devs: list[str], request: SweepRequest, jobs: list[Any]
 ) -> Outcome:
     import torch
 
@@ -296,7 +317,8 @@ def _run(
     runner.reap(engine)
     counts = Counter(reads.status_counts(engine, sweep=enq.name))
     todo = counts["pending"] + counts["running"]
-    plan = plan_workers(devs, todo, request.workers, request.threads, request.workers_per_device)
+    probe = _gpu_probe(jobs, request.data_root, say)
+    plan = plan_workers(devs, todo, request.workers, request.threads, request.workers_per_device, probe)
     n = plan.n
     outcome = Outcome(enq.name, counts)
     if todo == 0:

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -94,8 +93,11 @@ def run_pool(
     try:
         # Poll every process, not any(): a dead worker is a zombie, alive to the other
         # workers' reaping, until it is waited for.
-        while [p.poll() for p in procs].count(None):
-            time.sleep(poll_s)
+        while alive := [p for p in procs if p.poll() is None]:
+            try:  # wakes as soon as a worker ends: the last one ends the sweep at once
+                alive[0].wait(timeout=poll_s)
+            except subprocess.TimeoutExpired:
+                pass
             if outcome.stopped_by is None:
                 on_poll()
     finally:
@@ -145,4 +147,9 @@ def _worker_process(spec: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_process(sys.argv[1]))
+    code = _worker_process(sys.argv[1])
+    # Everything is committed and printed; the interpreter's own teardown (torch's modules)
+    # would take about a second more before the sweep could end (BENCHMARKS.md, "Fast by default").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -8,6 +8,7 @@ read results. The CLI never touches the database layer itself.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from invssl.cli.common import app, err_console
@@ -18,7 +19,7 @@ from invssl.errors import InvsslError, SchemaMismatch
 from invssl.cli import run, reports  # noqa: F401
 # isort: on
 
-__all__ = ["app", "main"]
+__all__ = ["app", "entry", "main"]
 
 
 def main() -> None:
@@ -27,6 +28,22 @@ def main() -> None:
     except InvsslError as exc:
         err_console.print(f"[bold red]error:[/] {exc}{_hint(exc)}", highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+def entry() -> None:
+    """The ``invssl`` command: ``main``, then exit without the interpreter's teardown of torch's
+    modules, which adds most of a second to every command (BENCHMARKS.md, "Fast by default").
+    Everything is written and every database closed by then."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # The library says what to change in its own terms; here it becomes the option that changes it.
