@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
@@ -153,7 +155,7 @@ def configure(engine: Engine, *, foreign_keys: bool, readonly: bool, guard: bool
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         if not readonly:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _set_wal(cursor)
             # WAL makes NORMAL durable against application crashes; only power loss can drop
             # the latest commits, which a resumed job recomputes.
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -168,6 +170,21 @@ def configure(engine: Engine, *, foreign_keys: bool, readonly: bool, guard: bool
         if guard and path is not None and identity:
             _check_same_file(path, identity["file"])
         conn.exec_driver_sql("BEGIN" if readonly or conn.get_execution_options().get(READONLY) else "BEGIN IMMEDIATE")
+
+
+def _set_wal(cursor: Any) -> None:
+    """Switch to WAL, waiting for the other connections of a database being created: the switch
+    needs the file alone, and SQLite reports "database is locked" at once instead of calling the
+    busy handler when waiting could deadlock (two processes opening a new file together)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _check_same_file(path: Path, identity: tuple[int, int]) -> None:
