@@ -204,7 +204,23 @@ def part_jobs(run: argparse.Namespace, deadline: float) -> dict[str, Any]:
             f"jobs per device: best K={best['k']} ({best['steps_per_s']:.1f} steps/s); "
             f"fewest within {NEAR_BEST:.0%} of it: K={out['recommended_k']}"
         )
+    if time.monotonic() < deadline:
+        out["default"] = guarded(lambda: tool_default(run))
     return out
+
+
+def tool_default(run: argparse.Namespace) -> dict[str, Any]:
+    """What ``invssl sweep`` itself picks on this device: ``sidebyside.choose_per_device``."""
+    from invssl.sidebyside import choose_per_device
+
+    job = JobConfig(
+        topology=run.jobs_topology, dataset="mnist", n_labeled=100, batch_labeled=run.b_l, batch_unlabeled=run.b_u
+    )
+    most = max(int(v) for v in run.jobs_k.split(","))
+    chosen = choose_per_device(job, (1, 28, 28), 10, str(run.dev), jobs=most, most=most)
+    say(f"  invssl's default: {chosen.k} workers per device ({chosen.why})")
+    mib = chosen.process_bytes / 2**20 if chosen.process_bytes else None
+    return {"k": chosen.k, "process_mib": mib, "why": chosen.why}
 
 
 def part_estimate(run: argparse.Namespace, deadline: float) -> dict[str, Any]:

@@ -11,10 +11,10 @@ import ctypes
 import os
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -122,12 +122,21 @@ def physical_cores() -> int:
     return len(cores)
 
 
-def plan_workers(devices: list[str], jobs: int, workers: int = 0, threads: int = 0, per_device: int = 0) -> WorkerPlan:
+def plan_workers(
+    devices: list[str],
+    jobs: int,
+    workers: int = 0,
+    threads: int = 0,
+    per_device: int = 0,
+    probe: Optional[Callable[[str, int], Any]] = None,
+) -> WorkerPlan:
     """Workers and threads for ``jobs`` jobs; 0 means choose.
 
     CPU: one worker per physical core (at most one per job), one intra-op thread each: the zoo's
     networks are too small for threads to scale, while workers do not share anything
-    (BENCHMARKS.md, "Fast by default"). GPU: ``per_device`` workers per GPU, else one.
+    (BENCHMARKS.md, "Fast by default"). GPU: ``per_device`` workers per GPU; else, with several
+    jobs per GPU, ``probe(gpu, jobs per GPU)`` measures how many to run side by side
+    (``sidebyside.choose_per_device``: its ``k`` and ``why``); else one.
     """
     jobs = max(1, jobs)
     gpus = [d for d in devices if d.startswith("cuda")] or (
@@ -135,8 +144,12 @@ def plan_workers(devices: list[str], jobs: int, workers: int = 0, threads: int =
     )
     env_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if gpus:
+        why = ""
+        if not (workers or per_device) and probe is not None and jobs > len(gpus):
+            measured = probe(gpus[0], -(-jobs // len(gpus)))
+            per_device, why = measured.k, f": {measured.k} per GPU, chosen from {measured.why}"
         n = workers or min(jobs, len(gpus) * max(1, per_device))
-        return WorkerPlan(n, threads or env_threads or 1, gpus, f"{n} worker(s) on {len(gpus)} GPU(s)")
+        return WorkerPlan(n, threads or env_threads or 1, gpus, f"{n} worker(s) on {len(gpus)} GPU(s){why}")
     cores = physical_cores()
     n = workers or min(cores, jobs)
     per = threads or env_threads or max(1, cores // n)

@@ -14,8 +14,11 @@ weights, precision), from:
 3. else (``calibrate=False``) nothing: the class is reported as unknown and left out of the total.
 
 The evaluation after each epoch (validation and test predictions, and the reconstruction error on
-``train.RECON_EVAL`` test inputs) is estimated from the calibration's forward pass as
-``(n_val + n_test + 3 x RECON_EVAL)`` forwards; it is a few per cent of an epoch. Nothing is
+``evaluation.RECON_EVAL`` test inputs, whose forward pass also gives their predictions) is
+estimated from the calibration's forward pass as ``(n_val + n_test + 2 x RECON_EVAL)`` forwards.
+Each job also pays fixed costs (``invssl/fixedcost.py``), and the jobs are laid over the workers
+in the order the queue hands them out; on a CPU the calibrated figures are scaled by the slow-down
+measured with that many workers stepping side by side (``invssl/sidebyside.py``). Nothing is
 written: the database is read only if it already exists, and calibration draws its random inputs
 under a forked RNG.
 """
@@ -34,7 +37,6 @@ import torch
 
 from invssl.config import JobConfig
 from invssl.fixedcost import Fixed, measure_fixed, measure_startup
-from invssl.lookahead import Weights
 from invssl.schedules import Learned
 
 MIN_STEPS = 2  # timed steps per cost class, at least
@@ -66,6 +68,28 @@ def loss_kind(job: JobConfig) -> str:
     if isinstance(job.beta, float) and job.beta == 0.0:
         return "ent"
     return "ssl"  # a schedule is costed as its most expensive phase
+
+
+# Step cost relative to a supervised step, roughly (bench/step_cost.py: an inverting step costs
+# 2-3 supervised ones, the look-ahead 1.7 inverting ones); only the order of jobs depends on it.
+_KIND_COST = {"sup": 1.0, "ent": 2.0, "ssl": 3.0, "learned": 5.0}
+
+
+def claim_order(jobs: Iterable[JobConfig]) -> list[JobConfig]:
+    """The jobs, costliest first (stable otherwise): the order the queue hands them out in.
+
+    Workers claim the oldest pending job, so when the cheap jobs come last the workers finish
+    close together instead of one running a long job alone at the end (on the quick example
+    the two workers ended 7 s apart in grid order). The cost is a proxy known without data or
+    calibration: epochs x the kind of step x the inputs a step takes; the topology is not in it.
+    """
+
+    def cost(job: JobConfig) -> float:
+        kind = loss_kind(job)
+        inputs = job.batch_labeled + (0 if kind == "sup" else job.batch_unlabeled)
+        return job.epochs * (job.steps_per_epoch or 1) * _KIND_COST[kind] * inputs
+
+    return sorted(jobs, key=cost, reverse=True)
 
 
 def cost_key(job: JobConfig) -> CostKey:
@@ -123,6 +147,7 @@ class Estimate:
     job_s: list[float] = field(default_factory=list)  # per job in queue order, fixed costs included
     workers: int = 1
     startup_s: float = 0.0  # a worker process's start: imports, first dataset load
+    slowdown: float = 1.0  # calibrated steps with the workers side by side, over alone (CPU)
 
     @property
     def total_s(self) -> float:
@@ -185,57 +210,24 @@ def calibrate(
     key: CostKey, job: JobConfig, input_shape: tuple[int, ...], num_classes: int, device: torch.device
 ) -> tuple[float, float]:
     """``(seconds per training step, seconds per forward input)`` of ``key`` on ``device``."""
-    from invssl import models
-    from invssl.devices import tune_cpu_allocator
-    from invssl.train import train_step
-
-    if device.type == "cpu":
-        tune_cpu_allocator()  # as the trainer does
+    from invssl.sidebyside import make_step
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = models.build(key.topology, input_shape, num_classes).to(device).train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        x_l = torch.randn(key.batch_labeled, *input_shape, device=device)
-        y_l = torch.randint(num_classes, (key.batch_labeled,), device=device)
-        x_u = torch.randn(key.batch_unlabeled, *input_shape, device=device)
-        alpha, beta = {"sup": (1.0, 0.0), "ent": (0.5, 0.0), "ssl": (0.5, 0.5), "learned": (0.5, 0.5)}[key.kind]
-        weights = Weights(job.alpha, job.beta) if key.kind == "learned" else None
-        bf16 = key.precision == "bf16" and device.type == "cuda"
-
-        def autocast() -> Any:
-            return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-        def step(x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor) -> None:
-            train_step(
-                model,
-                opt,
-                x_l,
-                y_l,
-                x_u,
-                alpha=alpha,
-                beta=beta,
-                config=job,
-                autocast=autocast,
-                weights=weights,
-                ahead=(x_l, y_l),
-            )
-
-        step(x_l[:2], y_l[:2], x_u[:2])  # warm-up on 2 + 2 inputs: Adam state, lazy initialisation
-        sync()
+        step, model = make_step(key.kind, job, input_shape, num_classes, device)
+        step(True)  # warm-up on 2 + 2 inputs: Adam state, lazy initialisation
         times: list[float] = []
         while len(times) < MIN_STEPS or (len(times) < CALIBRATE_STEPS and sum(times) < CALIBRATE_S):
             t0 = time.perf_counter()
-            step(x_l, y_l, x_u)
-            sync()
+            step(False)
             times.append(time.perf_counter() - t0)
         model.eval()
         x = torch.randn(EVAL_PROBE, *input_shape, device=device)
         probes = []
+        bf16 = key.precision == "bf16" and device.type == "cuda"
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for _ in range(2):
                 t0 = time.perf_counter()
@@ -326,7 +318,7 @@ def estimate(
             step_s, forward_s = calibrate(key, job, tuple(meta.input_shape), meta.num_classes, dev)
             calibration_s += time.perf_counter() - t0
             n_val = min(job.val_size, meta.n_train)
-            eval_s = forward_s * (n_val + meta.n_test + 3 * min(RECON_EVAL, meta.n_test))
+            eval_s = forward_s * (n_val + meta.n_test + 2 * min(RECON_EVAL, meta.n_test))
             source = "calibrated"
         measured[key] = (step_s, eval_s, source)
 
@@ -365,14 +357,28 @@ def estimate(
                     fixed[k] = Fixed(0.0, 0.0, 0.0)
         startup_s += max((f.load_s for f in fixed.values()), default=0.0)
         calibration_s += time.perf_counter() - t0
+    slow = 1.0
+    calibrated = [r for r in rows if r.source == "calibrated"]
+    if workers > 1 and dev.type == "cpu" and calibrated and dataset_info is None:
+        # Workers side by side share memory bandwidth and caches: time the costliest class so.
+        from invssl.sidebyside import slowdown
+
+        top = max(calibrated, key=lambda r: r.seconds or 0.0)
+        key = next(k for k in groups if (k.topology, k.kind) == (top.topology, top.kind))
+        job, meta = groups[key][0][0], info(groups[key][0][0])
+        t0 = time.perf_counter()
+        slow = slowdown(job, tuple(meta.input_shape), meta.num_classes, workers, torch.get_num_threads())
+        calibration_s += time.perf_counter() - t0
+        notes.append(f"{workers} workers side by side step {slow:.2f}x slower than one alone (measured)")
     job_s = []
     for key, members in groups.items():
-        step_s, eval_s, _ = measured[key]
+        step_s, eval_s, source = measured[key]
+        scale = slow if source == "calibrated" else 1.0  # recorded epochs already ran so
         for job, n in members:
             f = fixed.get((job.topology, job.dataset, json.dumps(job.data_params, sort_keys=True)), Fixed(0, 0, 0))
             epochs = max(0, job.epochs - left.get(job.key, 0))
-            job_s.append((job.key, epochs * (n * (step_s or 0.0) + (eval_s or 0.0) + f.epoch_s) + f.setup_s))
-    order = {job.key: i for i, job in enumerate(todo)}
+            job_s.append((job.key, scale * (epochs * (n * (step_s or 0.0) + (eval_s or 0.0) + f.epoch_s) + f.setup_s)))
+    order = {job.key: i for i, job in enumerate(claim_order(todo))}
     job_s.sort(key=lambda kv: order[kv[0]])
     if any(r.source == "unknown" for r in rows):
         notes.append(
@@ -382,5 +388,5 @@ def estimate(
     if any(r.source == "database" and r.eval_s is None for r in rows):
         notes.append("database figures cover training steps only (epochs.wall_s); evaluation not included")
     return Estimate(
-        f"{dev} ({device_name(dev)})", rows, calibration_s, notes, [v for _, v in job_s], workers, startup_s
+        f"{dev} ({device_name(dev)})", rows, calibration_s, notes, [v for _, v in job_s], workers, startup_s, slow
     )

@@ -362,6 +362,9 @@ def enqueue(path: str | Path, db_url: Optional[str] = None, overrides: Sequence[
 
 def enqueue_jobs(engine: Any, experiment: Experiment, jobs: Sequence[JobConfig]) -> Enqueued:
     """The experiment's sweep, created or updated, with ``jobs`` (its expansion) in the queue."""
+    from invssl.estimate import claim_order
+
     sweep_id = queue.ensure_sweep(engine, experiment.name, experiment.model_dump(mode="json"))
-    new, existing = queue.enqueue(engine, sweep_id, [(j.key, j.model_dump(mode="json")) for j in jobs])
+    # Enqueue order is claim order: the costliest jobs first, so the workers end together.
+    new, existing = queue.enqueue(engine, sweep_id, [(j.key, j.model_dump(mode="json")) for j in claim_order(jobs)])
     return Enqueued(sweep_id, experiment.name, new, existing, [j.key for j in jobs])

@@ -24,10 +24,15 @@ def sweep(
     device: Optional[str] = DeviceOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and write nothing."),
     workers: int = typer.Option(
-        0, "--workers", min=0, help="Worker processes (default: one per physical CPU core, one per GPU with CUDA)."
+        0, "--workers", min=0, help="Worker processes (default: one per physical CPU core; on GPUs see below)."
     ),
     threads: int = typer.Option(0, "--threads", min=0, help="Intra-op threads per worker (default: cores / workers)."),
-    workers_per_device: int = typer.Option(0, "--workers-per-device", min=0, help="Workers per GPU (default: 1)."),
+    workers_per_device: int = typer.Option(
+        0,
+        "--workers-per-device",
+        min=0,
+        help="Workers per GPU (default: measured at the start, as many as add 10% throughput each and fit in memory).",
+    ),
     devices: Optional[str] = typer.Option(
         None, "--devices", help="Comma-separated devices for the workers, e.g. cuda:0,cuda:1."
     ),
