@@ -8,9 +8,9 @@ weights, precision), from:
    same kind and name (``wall_s`` times the training steps of an epoch, evaluation excluded),
    divided by that job's steps per epoch; the median over their epochs;
 2. else a calibration on this device: trainer steps on random inputs of the dataset's shape (a
-   warm-up step on 2 + 2 inputs, then ``MIN_STEPS`` to ``CALIBRATE_STEPS`` full-size ones, the
-   fastest counting), and a no-grad forward pass for the evaluation. A few seconds on a GPU; on 2
-   CPU cores about 20 s for the twelve MNIST topologies, since a LargeCNN step takes seconds;
+   warm-up step on 2 + 2 inputs and one at full size, then ``MIN_STEPS`` to ``CALIBRATE_STEPS``
+   full-size ones, their lower quartile counting), and a no-grad forward pass. A few seconds on
+   a GPU; on 2 CPU cores about 30 s for the twelve MNIST topologies (a LargeCNN step takes seconds);
 3. else (``calibrate=False``) nothing: the class is reported as unknown and left out of the total.
 
 The evaluation after each epoch (validation and test predictions, and the reconstruction error on
@@ -36,11 +36,11 @@ from typing import Any, Optional
 import torch
 
 from invssl.config import JobConfig
-from invssl.fixedcost import Fixed, measure_fixed, measure_startup
+from invssl.fixedcost import Fixed, eval_units, measure_fixed, measure_startup
 from invssl.schedules import Learned
 
-MIN_STEPS = 2  # timed steps per cost class, at least
-CALIBRATE_STEPS = 5  # and at most, stopping early once CALIBRATE_S seconds are spent
+MIN_STEPS = 3  # timed steps per cost class, at least
+CALIBRATE_STEPS = 25  # and at most, stopping early once CALIBRATE_S seconds are spent
 CALIBRATE_S = 0.3
 EVAL_PROBE = 250  # inputs in the calibration's no-grad forward pass
 
@@ -219,6 +219,7 @@ def calibrate(
     with torch.random.fork_rng(devices=[]):
         step, model = make_step(key.kind, job, input_shape, num_classes, device)
         step(True)  # warm-up on 2 + 2 inputs: Adam state, lazy initialisation
+        step(False)  # and at full size: the first one also pays for fresh memory
         times: list[float] = []
         while len(times) < MIN_STEPS or (len(times) < CALIBRATE_STEPS and sum(times) < CALIBRATE_S):
             t0 = time.perf_counter()
@@ -234,12 +235,16 @@ def calibrate(
                 model(x)
                 sync()
                 probes.append((time.perf_counter() - t0) / EVAL_PROBE)
-    # The fastest step: the first full-size one also pays for fresh memory, and on a shared
-    # machine a slow outlier is someone else's load, not the step's cost.
-    return min(times), min(probes)
+    # The lower quartile: the fastest step undercounts a sweep's steps by 10-15% (BENCHMARKS.md,
+    # "Fast by default"), the median moves with a burst of someone else's load on a shared machine.
+    return sorted(times)[(len(times) - 1) // 4], min(probes)
 
 
 # -------------------------------------------------------------------------------------- estimate
+def _fixed_key(job: JobConfig) -> tuple[str, str, str]:
+    return (job.topology, job.dataset, json.dumps(job.data_params, sort_keys=True))
+
+
 def estimate(
     jobs: list[JobConfig],
     *,
@@ -262,7 +267,6 @@ def estimate(
     """
     from invssl import data as datasets
     from invssl.devices import device_name, resolve_device
-    from invssl.evaluation import RECON_EVAL
 
     dev = resolve_device(device or "auto")
     done = set(done)
@@ -302,23 +306,40 @@ def estimate(
             continue
         groups[cost_key(job)].append((job, job_steps(job, meta.n_train)))
 
-    measured: dict[CostKey, tuple[Optional[float], Optional[float], str]] = {}
     calibration_s = 0.0
+    fixed: dict[tuple[str, str, str], Fixed] = {}
+    startup_s = 0.0
+    if calibrate_missing and dataset_info is None and todo:
+        t0 = time.perf_counter()
+        startup_s = measure_startup()
+        for job in todo:
+            if (k := _fixed_key(job)) not in fixed:
+                try:
+                    fixed[k] = measure_fixed(job, dev)
+                except Exception as exc:  # data missing here: the steps are still estimated
+                    notes.append(f"{job.dataset}: fixed costs not measured ({exc})")
+                    fixed[k] = Fixed(0.0, 0.0, 0.0)
+        startup_s += max((f.load_s for f in fixed.values()), default=0.0)
+        calibration_s += time.perf_counter() - t0
+
+    measured: dict[CostKey, tuple[Optional[float], Optional[float], str]] = {}
     for key, members in groups.items():
         if step_seconds is not None and key in step_seconds:
             measured[key] = (step_seconds[key], (eval_seconds or {}).get(key), "given")
             continue
         job = members[0][0]
         meta = info(job)
-        eval_s: Optional[float] = None
+        units = eval_units(min(job.val_size, meta.n_train), meta.n_test)
+        # The trainer's evaluation as timed with the fixed costs; else from a forward pass.
+        unit_s = fixed[_fixed_key(job)].eval_unit_s if _fixed_key(job) in fixed else 0.0
+        eval_s: Optional[float] = unit_s * units if unit_s else None
         step_s: Optional[float] = recorded.step_s.get(key)
         source = "database" if step_s is not None else "unknown"
         if step_s is None and calibrate_missing:
             t0 = time.perf_counter()
             step_s, forward_s = calibrate(key, job, tuple(meta.input_shape), meta.num_classes, dev)
             calibration_s += time.perf_counter() - t0
-            n_val = min(job.val_size, meta.n_train)
-            eval_s = forward_s * (n_val + meta.n_test + 2 * min(RECON_EVAL, meta.n_test))
+            eval_s = eval_s or forward_s * units
             source = "calibrated"
         measured[key] = (step_s, eval_s, source)
 
@@ -342,21 +363,6 @@ def estimate(
             )
         )
     rows.sort(key=lambda r: (r.topology, r.kind))
-    fixed: dict[tuple[str, str, str], Fixed] = {}
-    startup_s = 0.0
-    if calibrate_missing and dataset_info is None and todo:
-        t0 = time.perf_counter()
-        startup_s = measure_startup()
-        for job in todo:
-            k = (job.topology, job.dataset, json.dumps(job.data_params, sort_keys=True))
-            if k not in fixed:
-                try:
-                    fixed[k] = measure_fixed(job, dev)
-                except Exception as exc:  # data missing here: the steps are still estimated
-                    notes.append(f"{job.dataset}: fixed costs not measured ({exc})")
-                    fixed[k] = Fixed(0.0, 0.0, 0.0)
-        startup_s += max((f.load_s for f in fixed.values()), default=0.0)
-        calibration_s += time.perf_counter() - t0
     slow = 1.0
     calibrated = [r for r in rows if r.source == "calibrated"]
     if workers > 1 and dev.type == "cpu" and calibrated and dataset_info is None:
@@ -375,7 +381,7 @@ def estimate(
         step_s, eval_s, source = measured[key]
         scale = slow if source == "calibrated" else 1.0  # recorded epochs already ran so
         for job, n in members:
-            f = fixed.get((job.topology, job.dataset, json.dumps(job.data_params, sort_keys=True)), Fixed(0, 0, 0))
+            f = fixed.get(_fixed_key(job), Fixed(0, 0, 0))
             epochs = max(0, job.epochs - left.get(job.key, 0))
             job_s.append((job.key, scale * (epochs * (n * (step_s or 0.0) + (eval_s or 0.0) + f.epoch_s) + f.setup_s)))
     order = {job.key: i for i, job in enumerate(claim_order(todo))}

@@ -33,7 +33,8 @@ import torch
 from invssl.config import JobConfig
 from invssl.lookahead import Weights
 
-TIME_S = 1.0  # seconds of steps behind one timing (at least MIN_TIMED steps)
+TIME_S = 0.5  # seconds of steps behind one timing (at least MIN_TIMED steps)
+ROUNDS = 3  # alone/together timings of the CPU slow-down
 MIN_TIMED = 3
 READY_S = 180.0  # a process that has not started stepping by then is given up
 GAIN = 1.10  # another doubling of workers per GPU must add this much throughput
@@ -55,7 +56,7 @@ def make_step(
         tune_cpu_allocator()  # as the trainer does
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = models.build(job.topology, input_shape, num_classes).to(device).train()
+        model = models.build(job.topology, input_shape, num_classes, init=job.init).to(device).train()
         x_l = torch.randn(job.batch_labeled, *input_shape, device=device)
         y_l = torch.randint(num_classes, (job.batch_labeled,), device=device)
         x_u = torch.randn(0 if kind == "sup" else job.batch_unlabeled, *input_shape, device=device)
@@ -201,11 +202,15 @@ def slowdown(job: JobConfig, input_shape: tuple[int, ...], num_classes: int, wor
     than alone (1.0: not at all)."""
     if workers < 2:
         return 1.0
+    ratios = []
     with SideBySide(job, input_shape, num_classes, "cpu", threads) as run:
         run.start(workers)
-        alone = run.step_s(1)["step_s"]
-        together = run.step_s(workers)["step_s"]
-    return max(1.0, together / alone)
+        # Alone and together in turns, ROUNDS times: on a shared machine one window can catch
+        # someone else's burst of load, the median of the rounds' ratios does not follow it.
+        for _ in range(ROUNDS):
+            alone = run.step_s(1)["step_s"]
+            ratios.append(run.step_s(workers)["step_s"] / alone)
+    return max(1.0, statistics.median(ratios))
 
 
 @dataclass(frozen=True)
