@@ -55,6 +55,7 @@ def measure_fixed(job: JobConfig, device: torch.device) -> Fixed:
 
     if device.type == "cpu":
         tune_cpu_allocator()  # as the trainer does
+    job = job.model_copy(update={"download": False})  # an estimate writes nothing: files absent here fail
 
     t0 = time.perf_counter()
     prepare(job, device)

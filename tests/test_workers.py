@@ -150,3 +150,14 @@ def test_the_queue_hands_out_the_costliest_jobs_first_in_grid_order_otherwise(tm
     order = [(j.config["alpha"], j.config["beta"], j.config["seed"]) for j in jobs]
     # ssl (inverting) steps first, then entropy only, then supervised: each in grid order
     assert order == [(0.5, 0.5, 0), (0.5, 0.5, 1), (0.5, 0.0, 0), (0.5, 0.0, 1), (1.0, 0.0, 0), (1.0, 0.0, 1)]
+
+
+def test_an_estimate_neither_downloads_nor_writes_data(tmp_path):
+    from invssl.config import JobConfig
+    from invssl.estimate import estimate
+
+    root = tmp_path / "data"
+    job = JobConfig(topology="MLP", dataset="mnist", data_root=str(root), download=True, n_labeled=100, epochs=1)
+    est = estimate([job], device="cpu")
+    assert not root.exists()  # no folder, no lock file, no download attempt
+    assert any("not measured" in n or "sizes unknown" in n for n in est.notes)
