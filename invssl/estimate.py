@@ -343,35 +343,33 @@ def estimate(
             source = "calibrated"
         measured[key] = (step_s, eval_s, source)
 
-    rows = []
+    row_of: dict[CostKey, Row] = {}
     for key, members in groups.items():
         step_s, eval_s, source = measured[key]
         epochs = [max(0, j.epochs - left.get(j.key, 0)) for j, _ in members]
         steps = [n for _, n in members]
-        rows.append(
-            Row(
-                key.topology,
-                key.dataset,
-                key.kind,
-                len(members),
-                sum(epochs),
-                sum(e * n for e, n in zip(epochs, steps)),
-                (min(steps), max(steps)),
-                step_s,
-                eval_s,
-                source,
-            )
+        row_of[key] = Row(
+            key.topology,
+            key.dataset,
+            key.kind,
+            len(members),
+            sum(epochs),
+            sum(e * n for e, n in zip(epochs, steps)),
+            (min(steps), max(steps)),
+            step_s,
+            eval_s,
+            source,
         )
-    rows.sort(key=lambda r: (r.topology, r.kind))
+    rows = sorted(row_of.values(), key=lambda r: (r.topology, r.kind))
     slow = 1.0
-    calibrated = [r for r in rows if r.source == "calibrated"]
+    calibrated = [k for k, r in row_of.items() if r.source == "calibrated"]
     if workers > 1 and dev.type == "cpu" and calibrated and dataset_info is None:
         # Workers side by side share memory bandwidth and caches: time the costliest class so.
         from invssl.sidebyside import slowdown
 
-        top = max(calibrated, key=lambda r: r.seconds or 0.0)
-        key = next(k for k in groups if (k.topology, k.kind) == (top.topology, top.kind))
-        job, meta = groups[key][0][0], info(groups[key][0][0])
+        key = max(calibrated, key=lambda k: row_of[k].seconds or 0.0)
+        job = groups[key][0][0]
+        meta = info(job)
         t0 = time.perf_counter()
         slow = slowdown(job, tuple(meta.input_shape), meta.num_classes, workers, torch.get_num_threads())
         calibration_s += time.perf_counter() - t0
